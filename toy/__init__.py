@@ -1,0 +1,1 @@
+"""Analytic SiD: exact Gaussian families, symbolic proofs, Monte Carlo checks and toy distillation."""
