@@ -1,0 +1,37 @@
+"""Images in [-1, 1] to uint8 pixels, PNG grids and per-seed PNG files (EDM's conventions)."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+from full.atomic import atomic_write
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[-1, 1] NCHW float -> NHWC uint8 with EDM's rounding: clip(x * 127.5 + 128, 0, 255)."""
+    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _pil(pixels: np.ndarray) -> Image.Image:
+    return Image.fromarray(pixels[:, :, 0], "L") if pixels.shape[2] == 1 else Image.fromarray(pixels, "RGB")
+
+
+def grid(pixels: np.ndarray, columns: int | None = None) -> np.ndarray:
+    """Tile NHWC uint8 images into one HWC image, `columns` wide (default: square-ish)."""
+    n, h, w, c = pixels.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    canvas = np.zeros((rows * h, columns * w, c), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        r, col = divmod(i, columns)
+        canvas[r * h:(r + 1) * h, col * w:(col + 1) * w] = image
+    return canvas
+
+
+def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
+    """Write one HWC uint8 image as PNG atomically."""
+    atomic_write(path, lambda tmp: _pil(image).save(tmp, format="PNG"))

@@ -1,0 +1,235 @@
+"""The SiD algorithm at full scale (Zhou et al. 2024, Algorithm 1) on EDM-compatible networks.
+
+`SiDTrainer` owns the three networks, the two Adam optimisers and the EMA. One `iteration()`:
+
+1. f_psi step: the shared EDM denoising loss on **detached** generator samples;
+2. G step: the shared SiD generator loss on fresh samples, gradients flowing into G through
+   x_g and through the inputs of the frozen f_phi and f_psi;
+3. EMA of G.
+
+All randomness of an iteration (latents, labels, sigma, noise, dropout) is drawn from generators
+seeded by (seed, iteration, phase, chunk), where a chunk is one `batch_gpu` slice of the global
+batch. Chunk c is processed by rank c mod world in accumulation round c div world, so the set of
+samples, and hence the summed gradient, does not depend on how the batch is split over ranks,
+and a resumed run draws exactly the numbers the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from full import distributed
+from full.augment import augment
+from full.losses import denoising_loss, generator_loss
+from full.presets import SiDConfig
+
+PHASES = {"fake": 1, "generator": 2, "grid": 3}
+
+
+def ema_beta(batch: int, cur_nimg: int, ema_Mimg: float) -> float:
+    """EMA decay with ramp-up (EDM/SiD training loops): half-life min(ema * 1e6, 0.05 cur_nimg) images,
+    beta = 0.5^(batch / half-life); beta = 0 at the start."""
+    halflife = min(ema_Mimg * 1e6, cur_nimg * 0.05)
+    return 0.5 ** (batch / max(halflife, 1e-8))
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype: always fp32 on CPU; 'auto' is bf16 on GPUs that support it, else fp32."""
+    if device.type != "cuda":
+        return torch.float32
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def set_dropout(net: torch.nn.Module, p: float) -> None:
+    for module in net.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+
+
+@dataclass
+class IterationStats:
+    """Per-iteration sums over the global batch (the caller averages them per tick)."""
+    fake_loss: float          # mean per-sample f_psi loss
+    generator_loss: float     # mean per-sample generator loss
+    nan_samples: int          # samples dropped because their loss was not finite (both steps)
+    nonfinite_grads: int      # gradient entries that were NaN/inf and were zeroed (both steps)
+
+
+class SiDTrainer:
+    def __init__(self, config: SiDConfig, teacher: torch.nn.Module, ranks: distributed.Ranks):
+        batch_gpu = config.batch_gpu or config.batch // ranks.world
+        if config.batch % (batch_gpu * ranks.world) != 0:
+            raise ValueError(f"batch {config.batch} is not a multiple of batch_gpu {batch_gpu} x {ranks.world} "
+                             f"rank(s); choose --batch-gpu that divides batch / ranks")
+        self.config, self.ranks, self.device = config, ranks, ranks.device
+        self.batch_gpu, self.rounds = batch_gpu, config.batch // (batch_gpu * ranks.world)
+        self.dtype = resolve_precision(config.precision, self.device)
+        self.f_phi = teacher.to(self.device).eval().requires_grad_(False)
+        self.G = copy.deepcopy(self.f_phi).requires_grad_(True)
+        self.f_psi = copy.deepcopy(self.f_phi).requires_grad_(True)
+        for net in (self.G, self.f_psi):
+            set_dropout(net, config.dropout)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.opt_psi = torch.optim.Adam(self.f_psi.parameters(), lr=config.lr, betas=(0.0, 0.999), eps=config.adam_eps)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.glr, betas=(config.g_beta1, 0.999),
+                                      eps=config.adam_eps)
+        fp16 = self.dtype == torch.float16
+        self.scalers = {name: torch.amp.GradScaler(self.device.type, enabled=fp16) for name in ("fake", "generator")}
+        self.iteration, self.nimg = 0, 0
+        self.img_shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
+        self.label_dim = teacher.label_dim
+        self.label_source = None  # optional callable(n, generator) -> one-hot labels (--labels-from)
+
+    # ------------------------------------------------------------------ sampling
+    def rng(self, phase: str, chunk: int, iteration: int | None = None) -> torch.Generator:
+        """The generator for one chunk of one phase of one iteration (see module docstring)."""
+        it = self.iteration if iteration is None else iteration
+        seed = (((self.config.seed * 1_000_003 + it) * 7 + PHASES[phase]) * 1_000_003 + chunk) % (2 ** 63)
+        return torch.Generator(self.device).manual_seed(seed)
+
+    def latents(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """z ~ N(0, I) and class labels (uniform one-hot, data-free) for n images."""
+        z = torch.randn((n, *self.img_shape), generator=generator, device=self.device)
+        if self.label_dim == 0:
+            return z, None
+        if self.label_source is not None:
+            return z, self.label_source(n, generator).to(self.device)
+        idx = torch.randint(self.label_dim, (n,), generator=generator, device=self.device)
+        return z, torch.nn.functional.one_hot(idx, self.label_dim).float()
+
+    def generate(self, net: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """One-step generation x_g = G(sigma_init z, sigma_init)."""
+        sigma = torch.full((z.shape[0],), self.config.sigma_init, device=z.device)
+        return net(self.config.sigma_init * z, sigma, labels)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    # ------------------------------------------------------------------ the three updates
+    def _chunks(self):
+        for r in range(self.rounds):
+            yield r * self.ranks.world + self.ranks.rank
+
+    def _finish(self, net: torch.nn.Module, opt: torch.optim.Optimizer, scaler) -> int:
+        """Sum gradients over ranks, zero non-finite entries (counted), step, release the gradients."""
+        params = [p for p in net.parameters() if p.grad is not None]
+        distributed.all_reduce_gradients(params, self.ranks)
+        scaler.unscale_(opt)
+        nonfinite = sum(int((~torch.isfinite(p.grad)).sum()) for p in params)
+        for p in params:
+            torch.nan_to_num_(p.grad, nan=0.0, posinf=1e5, neginf=-1e5)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)  # free the gradient memory before the other network's step
+        return nonfinite
+
+    def _masked_sum(self, per_sample: torch.Tensor) -> tuple[torch.Tensor, int, float]:
+        finite = torch.isfinite(per_sample)
+        kept = per_sample[finite]
+        return kept.sum(), int((~finite).sum()), float(kept.detach().sum())
+
+    def fake_step(self) -> tuple[float, int, int]:
+        """Fit f_psi to detached G samples (ADA-augmented with probability `augment`, labels passed to
+        f_psi as augment_labels) with the EDM denoising loss; returns (loss sum, NaN samples, bad grads)."""
+        self.f_psi.train()
+        self.opt_psi.zero_grad(set_to_none=True)
+        total, nans = 0.0, 0
+        for chunk in self._chunks():
+            g = self.rng("fake", chunk)
+            torch.manual_seed(g.initial_seed())  # dropout
+            z, labels = self.latents(self.batch_gpu, g)
+            with torch.no_grad(), self._autocast():
+                x_g = self.generate(self.G.eval(), z, labels).float()
+            extra = {}
+            if self.config.augment > 0:
+                x_g, extra["augment_labels"] = augment(x_g, self.config.augment, g)
+            with self._autocast():
+                per_sample = denoising_loss(self.f_psi, x_g, generator=g, class_labels=labels, **extra)
+            loss, bad, value = self._masked_sum(per_sample.float())
+            self.scalers["fake"].scale(loss * self.config.ls / self.config.batch).backward()
+            total, nans = total + value, nans + bad
+        self.f_psi.eval()
+        return total, nans, self._finish(self.f_psi, self.opt_psi, self.scalers["fake"])
+
+    def _frozen(self, net: torch.nn.Module):
+        """Call a frozen denoiser, through activation checkpointing if configured."""
+        if not self.config.checkpointing:
+            return net
+        return functools.partial(checkpoint, net, use_reentrant=False)
+
+    def generator_step(self) -> tuple[float, int, int]:
+        """Update G with the SiD loss; returns (loss sum, NaN samples, bad grads)."""
+        self.G.train()
+        self.f_psi.requires_grad_(False)
+        self.opt_G.zero_grad(set_to_none=True)
+        total, nans = 0.0, 0
+        for chunk in self._chunks():
+            g = self.rng("generator", chunk)
+            torch.manual_seed(g.initial_seed())  # dropout
+            z, labels = self.latents(self.batch_gpu, g)
+            with self._autocast():
+                x_g = self.generate(self.G, z, labels).float()
+                per_sample = generator_loss(self._frozen(self.f_phi), self._frozen(self.f_psi), x_g,
+                                            alpha=self.config.alpha, t_max=self.config.t_max, generator=g,
+                                            class_labels=labels)
+            loss, bad, value = self._masked_sum(per_sample.float())
+            self.scalers["generator"].scale(loss * self.config.lsg / self.config.batch).backward()
+            total, nans = total + value, nans + bad
+        self.G.eval()
+        self.f_psi.requires_grad_(True)
+        return total, nans, self._finish(self.G, self.opt_G, self.scalers["generator"])
+
+    @torch.no_grad()
+    def ema_step(self) -> None:
+        beta = ema_beta(self.config.batch, self.nimg, self.config.ema)
+        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            p_ema.copy_(p.detach().lerp(p_ema, beta))
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            b_ema.copy_(b)
+
+    def iteration_step(self) -> IterationStats:
+        """One SiD iteration: f_psi step, G step, EMA (in this order)."""
+        fake, fake_nans, fake_bad = self.fake_step()
+        gen, gen_nans, gen_bad = self.generator_step()
+        self.ema_step()
+        sums = distributed.all_reduce_sum(torch.tensor([fake, gen, fake_nans + gen_nans], dtype=torch.float64,
+                                                       device=self.device), self.ranks).tolist()
+        self.iteration += 1
+        self.nimg += self.config.batch
+        n = self.config.batch
+        return IterationStats(sums[0] / n, sums[1] / n, int(sums[2]), fake_bad + gen_bad)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {
+            "G": self.G.state_dict(), "G_ema": self.G_ema.state_dict(), "f_psi": self.f_psi.state_dict(),
+            "opt_G": self.opt_G.state_dict(), "opt_psi": self.opt_psi.state_dict(),
+            "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
+            "iteration": self.iteration, "nimg": self.nimg, "seed": self.config.seed, "batch": self.config.batch,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("seed", "batch"):
+            if state[key] != getattr(self.config, key):
+                raise ValueError(f"the training state was made with {key}={state[key]} but this run has "
+                                 f"{key}={getattr(self.config, key)}; pass the same --{key} or a new --outdir")
+        for name in ("G", "G_ema", "f_psi"):
+            mine = getattr(self, name).state_dict()
+            theirs = state[name]
+            if list(mine) != list(theirs) or any(mine[k].shape != theirs[k].shape for k in mine):
+                raise ValueError(f"the training state's {name} does not fit this teacher's architecture; "
+                                 f"resume with the teacher it was made from, or use a new --outdir")
+            getattr(self, name).load_state_dict(theirs)
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_psi.load_state_dict(state["opt_psi"])
+        for k, s in self.scalers.items():
+            s.load_state_dict(state["scalers"][k])
+        self.iteration, self.nimg = int(state["iteration"]), int(state["nimg"])
+        torch.set_rng_state(state["torch_rng"])
