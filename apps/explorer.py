@@ -1,0 +1,17 @@
+"""SiD explorer: `streamlit run apps/explorer.py`.
+
+Four pages: the score identities, Proposition 4's failure case, live toy distillation, and full-scale runs.
+"""
+from pathlib import Path
+
+import streamlit as st
+
+PAGES = Path(__file__).parent / "pages"
+
+st.set_page_config(page_title="SiD explorer", layout="wide")
+st.navigation([
+    st.Page(PAGES / "identities.py", title="Identities", default=True),
+    st.Page(PAGES / "failure_case.py", title="The failure case (Prop. 4)"),
+    st.Page(PAGES / "toy_distillation.py", title="Toy distillation, live"),
+    st.Page(PAGES / "runs.py", title="Full-scale runs"),
+]).run()

@@ -1,0 +1,10 @@
+"""Shared test setup: small thread count (CI has 2 cores) and hypothesis profiles."""
+import os
+
+import torch
+from hypothesis import HealthCheck, settings
+
+torch.set_num_threads(int(os.environ.get("SID_TEST_THREADS", "2")))
+settings.register_profile("sid", max_examples=12, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile("sid")
