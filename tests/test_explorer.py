@@ -75,3 +75,16 @@ def test_runs_page_reads_a_run_directory(tmp_path):
     shown = metrics(at)
     assert shown["kimg"] == "3.0" and shown["latest FID"] == "33.33"
     assert at.slider[0].value == 1  # the grid slider starts at the newest grid
+
+
+def test_runs_page_shows_the_shipped_generator_next_to_the_teacher():
+    at = page("runs.py")
+    sliders = {s.label: s for s in at.slider}
+    sliders["Images (the same seeds for both)"].set_value(8)
+    sliders["Teacher Heun steps (NFE = 2N - 1)"].set_value(2)
+    next(b for b in at.button if b.label == "Generate").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    captions = [img.caption for element in at.get("image") for img in element.proto.imgs]
+    timed = [c for c in captions if c.endswith(" ms/image")]
+    assert [c.split(":")[0] for c in timed] == ["SiD one step", "teacher, 3 NFE"]
+    assert all(float(c.split(": ")[1].split()[0]) > 0 for c in timed)

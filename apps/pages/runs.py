@@ -15,7 +15,7 @@ st.title("Full-scale runs")
 
 REPO = Path(__file__).resolve().parents[2]
 runs = sorted(str(p.parent) for p in Path("runs").glob("*/log.jsonl") if (p.parent / "config.json").is_file())
-run_dir = st.text_input("Run directory (holds config.json and log.jsonl)", runs[0] if runs else "runs/mnist16-sid")
+run_dir = st.text_input("Run directory (holds config.json and log.jsonl)", runs[0] if runs else "runs/mnist16-cpu")
 if runs:
     st.caption("Runs found under runs/: " + ", ".join(runs))
 
