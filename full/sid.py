@@ -76,6 +76,8 @@ class SiDTrainer:
         for net in (self.G, self.f_psi):
             set_dropout(net, config.dropout)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        # Snapshots describe the generator; the teacher's own record is nested, not inherited.
+        self.G_ema.provenance = {"teacher_provenance": getattr(teacher, "provenance", {})}
         self.opt_psi = torch.optim.Adam(self.f_psi.parameters(), lr=config.lr, betas=(0.0, 0.999), eps=config.adam_eps)
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.glr, betas=(config.g_beta1, 0.999),
                                       eps=config.adam_eps)

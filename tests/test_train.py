@@ -29,7 +29,7 @@ def tiny_teacher(label_dim=0, resolution=8, seed=0):
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory):
     stem = tmp_path_factory.mktemp("teacher") / "teacher"
-    save_network(tiny_teacher(), stem)
+    save_network(tiny_teacher(), stem, {"kind": "edm-teacher", "trained_on": "tiny"})
     return str(stem) + ".json"
 
 
@@ -140,6 +140,18 @@ def test_resume_reproduces_the_uninterrupted_run(teacher_file, tmp_path):
     log = [json.loads(line) for line in open(tmp_path / "b" / "log.jsonl")]
     assert [r["iteration"] for r in log] == [2, 4]
     assert {"kimg", "loss_fake", "loss_G", "sec_per_kimg", "peak_mem_gib", "nan_samples", "nonfinite_grads"} <= set(log[0])
+
+
+def test_final_snapshot_is_G_ema_and_describes_the_generator(teacher_file, tmp_path):
+    run = train_cli("--teacher", teacher_file, "--outdir", str(tmp_path), "--duration", "0.000008", *TINY)
+    assert run.returncode == 0, run.stderr
+    snapshot = load_network(str(tmp_path / "network-snapshot-000000.008.json"))
+    states = sorted(f for f in os.listdir(tmp_path) if f.startswith("training-state"))
+    G_ema = torch.load(tmp_path / states[-1], weights_only=True)["G_ema"]
+    assert all(torch.equal(snapshot.state_dict()[k], G_ema[k]) for k in G_ema)
+    provenance = snapshot.provenance
+    assert provenance["kind"] == "sid-generator" and provenance["kimg"] == 0.008 and provenance["sigma_init"] == 2.5
+    assert "trained_on" not in provenance and provenance["teacher_provenance"]["trained_on"] == "tiny"
 
 
 def test_two_ranks_match_one_rank_with_accumulation(teacher_file, tmp_path):
