@@ -25,19 +25,25 @@ from full.networks import ARCHITECTURES
 Coefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _build_model(model_type: str, img_resolution: int, img_channels: int, out_channels: int, label_dim: int,
-                 model_kwargs: dict) -> nn.Module:
-    if model_type not in ARCHITECTURES:
-        raise ValueError(f"unknown model_type {model_type!r}; known: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[model_type](img_resolution=img_resolution, in_channels=img_channels,
-                                     out_channels=out_channels, label_dim=label_dim, **model_kwargs)
-
-
 class Precond(nn.Module):
     """Shared call D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) (Eq. 7); subclasses give the coefficients.
 
-    Subclasses set ``img_resolution``, ``img_channels``, ``label_dim``, ``use_fp16``, ``use_bf16`` and ``model``.
+    Subclasses call `__init__` with the attributes every wrapper shares; it builds the U-Net ``self.model``.
     """
+
+    def __init__(self, img_resolution: int, img_channels: int, label_dim: int, use_fp16: bool, use_bf16: bool,
+                 model_type: str, model_kwargs: dict, out_channels: int | None = None):
+        super().__init__()
+        if model_type not in ARCHITECTURES:
+            raise ValueError(f"unknown model_type {model_type!r}; known: {', '.join(ARCHITECTURES)}")
+        self.img_resolution = img_resolution
+        self.img_channels = img_channels
+        self.label_dim = label_dim
+        self.use_fp16 = use_fp16
+        self.use_bf16 = use_bf16
+        self.model = ARCHITECTURES[model_type](img_resolution=img_resolution, in_channels=img_channels,
+                                               out_channels=out_channels or img_channels, label_dim=label_dim,
+                                               **model_kwargs)
 
     def coefficients(self, sigma: torch.Tensor) -> Coefficients:
         """(c_skip, c_out, c_in, c_noise) as tensors shaped like ``sigma`` (Table 1)."""
@@ -94,19 +100,13 @@ class VPPrecond(Precond):
         use_bf16        = False,                # Run the U-Net in bfloat16 on CUDA (takes precedence)?
         **model_kwargs,                         # Keyword arguments of the U-Net.
     ):
-        super().__init__()
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.label_dim = label_dim
-        self.use_fp16 = use_fp16
-        self.use_bf16 = use_bf16
+        super().__init__(img_resolution, img_channels, label_dim, use_fp16, use_bf16, model_type, model_kwargs)
         self.beta_d = beta_d
         self.beta_min = beta_min
         self.M = M
         self.epsilon_t = epsilon_t
         self.sigma_min = float(self.sigma(epsilon_t))
         self.sigma_max = float(self.sigma(1))
-        self.model = _build_model(model_type, img_resolution, img_channels, img_channels, label_dim, model_kwargs)
 
     def sigma(self, t):
         """sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)."""
@@ -140,15 +140,9 @@ class VEPrecond(Precond):
         use_bf16        = False,                # Run the U-Net in bfloat16 on CUDA (takes precedence)?
         **model_kwargs,                         # Keyword arguments of the U-Net.
     ):
-        super().__init__()
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.label_dim = label_dim
-        self.use_fp16 = use_fp16
-        self.use_bf16 = use_bf16
+        super().__init__(img_resolution, img_channels, label_dim, use_fp16, use_bf16, model_type, model_kwargs)
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
-        self.model = _build_model(model_type, img_resolution, img_channels, img_channels, label_dim, model_kwargs)
 
     def coefficients(self, sigma: torch.Tensor) -> Coefficients:
         one = torch.ones_like(sigma)
@@ -176,17 +170,11 @@ class iDDPMPrecond(Precond):
         use_bf16        = False,                # Run the U-Net in bfloat16 on CUDA (takes precedence)?
         **model_kwargs,                         # Keyword arguments of the U-Net.
     ):
-        super().__init__()
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.label_dim = label_dim
-        self.use_fp16 = use_fp16
-        self.use_bf16 = use_bf16
+        super().__init__(img_resolution, img_channels, label_dim, use_fp16, use_bf16, model_type, model_kwargs,
+                         out_channels=img_channels * 2)  # mean and variance
         self.C_1 = C_1
         self.C_2 = C_2
         self.M = M
-        self.model = _build_model(model_type, img_resolution, img_channels, img_channels * 2, label_dim,
-                                  model_kwargs)
         abar = self.alpha_bar(torch.arange(M + 1))
         ratio = (abar[:-1] / abar[1:]).clip(min=C_1)  # ratio[j-1] = abar(j-1) / abar(j)
         u = torch.zeros(M + 1)
@@ -234,16 +222,10 @@ class EDMPrecond(Precond):
         use_bf16        = False,                # Run the U-Net in bfloat16 on CUDA (takes precedence)?
         **model_kwargs,                         # Keyword arguments of the U-Net.
     ):
-        super().__init__()
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.label_dim = label_dim
-        self.use_fp16 = use_fp16
-        self.use_bf16 = use_bf16
+        super().__init__(img_resolution, img_channels, label_dim, use_fp16, use_bf16, model_type, model_kwargs)
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
         self.sigma_data = sigma_data
-        self.model = _build_model(model_type, img_resolution, img_channels, img_channels, label_dim, model_kwargs)
 
     def coefficients(self, sigma: torch.Tensor) -> Coefficients:
         sd2 = self.sigma_data ** 2
