@@ -8,8 +8,8 @@
 The run directory holds config.json, log.jsonl (one line per tick), sample grids of G_ema on fixed
 seeds (grid-KIMG.png), G_ema snapshots (network-snapshot-KIMG.safetensors/.json, loadable by
 full.generate) and the last --keep training states (training-state-KIMG.pt, written atomically).
-Running the same command again resumes from the newest state (--resume auto); Ctrl-C saves a
-state first.
+Running the same command again resumes from the newest state (--resume auto). Ctrl-C finishes the
+current iteration and saves a state before exiting (a second Ctrl-C stops at once, without saving).
 """
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ import json
 import math
 import os
 import resource
+import signal
 import sys
+import threading
 import time
 
 import torch
@@ -36,6 +38,31 @@ STATE_GLOB = "training-state-*.pt"
 
 
 # ---------------------------------------------------------------------------------------- run directory
+
+
+class StopOnInterrupt:
+    """Ctrl-C (SIGINT) becomes a request honoured between iterations, so a saved state never holds half an
+    iteration (f_psi stepped, G not). A second Ctrl-C interrupts at once, without saving. Signals can only
+    be caught on the main thread; elsewhere (Streamlit scripts) Ctrl-C keeps its usual meaning."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "StopOnInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
 
 
 def atomic_torch_save(obj, path: str) -> None:
@@ -165,6 +192,13 @@ class Run:
         if (final or tick % self.config.state_every == 0) and tick > 0:
             self.save_state()
 
+    def stop_agreed(self, requested: bool) -> bool:
+        """Whether any rank was asked to stop, so that every rank stops after the same iteration."""
+        if self.ranks.world == 1:
+            return requested
+        flag = torch.tensor([float(requested)], device=self.ranks.device)
+        return distributed.all_reduce_sum(flag, self.ranks).item() > 0
+
     def __iter__(self):
         """Train to the end, yielding each tick's log record."""
         t = self.trainer
@@ -173,15 +207,15 @@ class Run:
             self.artefacts(0, final=False)
         acc = {"fake": 0.0, "gen": 0.0, "nan": 0, "bad": 0, "n": 0}
         tick_start = time.perf_counter()
-        bar = tqdm(total=self.total_iterations, initial=t.iteration, disable=not self.ranks.is_main, unit="it",
-                   dynamic_ncols=True)
-        try:
+        with StopOnInterrupt() as stop:
+            bar = tqdm(total=self.total_iterations * self.config.batch, initial=t.nimg, unit="img", unit_scale=True,
+                       disable=not self.ranks.is_main, dynamic_ncols=True)
             while t.iteration < self.total_iterations:
                 stats = t.iteration_step()
                 for key, value in (("fake", stats.fake_loss), ("gen", stats.generator_loss),
                                    ("nan", stats.nan_samples), ("bad", stats.nonfinite_grads), ("n", 1)):
                     acc[key] += value
-                bar.update(1)
+                bar.update(self.config.batch)
                 bar.set_postfix(kimg=f"{t.nimg / 1000:.1f}", loss_G=f"{stats.generator_loss:.3g}",
                                 loss_psi=f"{stats.fake_loss:.3g}")
                 final = t.iteration == self.total_iterations
@@ -203,11 +237,11 @@ class Run:
                     yield record
                     acc = {k: 0 for k in acc}
                     tick_start = time.perf_counter()
-        except KeyboardInterrupt:
-            bar.close()
-            self.log(f"interrupted: saving a training state at {t.nimg / 1000:.1f} kimg")
-            self.save_state()
-            raise
+                if self.stop_agreed(stop.requested):
+                    bar.close()
+                    self.log(f"interrupted: saving a training state at {t.nimg / 1000:.3f} kimg")
+                    self.save_state()
+                    raise KeyboardInterrupt
         bar.close()
 
 

@@ -1,6 +1,7 @@
 """The full-scale SiD trainer on tiny EDM networks (CPU)."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -240,3 +241,27 @@ def test_real_size_cifar10_ddpmpp_completes_one_iteration():
     t = SiDTrainer(SiDConfig(batch=1), net, CPU)
     stats = t.iteration_step()
     assert t.iteration == 1 and stats.nan_samples == 0 and torch.isfinite(torch.tensor(stats.generator_loss))
+
+
+def test_ctrl_c_saves_a_whole_iteration_and_resume_reproduces_the_run(teacher_file, tmp_path):
+    long = ["--teacher", teacher_file, "--duration", "0.0002", *TINY, "--tick", "0.2", "--snap", "1000",
+            "--state-every", "1000"]
+    full = train_cli(*long, "--outdir", str(tmp_path / "a"))
+    assert full.returncode == 0, full.stderr
+    job = subprocess.Popen([sys.executable, "-m", "full.train", *long, "--outdir", str(tmp_path / "b")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    bar = ""
+    while "img/s" not in bar:  # the progress bar is up, so the Ctrl-C handler is installed
+        bar += job.stderr.read(1)
+        assert bar or job.poll() is None
+    job.send_signal(signal.SIGINT)
+    out, err = job.communicate(timeout=300)
+    assert job.returncode == 130 and "interrupted: saving a training state" in out
+    assert "Traceback" not in bar + err
+    states = sorted(os.listdir(tmp_path / "b"))
+    saved = [s for s in states if s.startswith("training-state")]
+    assert len(saved) == 1 and saved[0] != "training-state-000000.200.pt"  # stopped before the end
+    rest = train_cli(*long, "--outdir", str(tmp_path / "b"))
+    assert rest.returncode == 0 and "resumed" in rest.stderr + rest.stdout
+    a, b = final_G(tmp_path / "a"), final_G(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
