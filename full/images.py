@@ -32,6 +32,12 @@ def grid(pixels: np.ndarray, columns: int | None = None) -> np.ndarray:
     return canvas
 
 
+def enlarge(pixels: np.ndarray, min_size: int = 64) -> np.ndarray:
+    """Nearest-neighbour upscaling of NHWC images by a whole factor, so each is at least `min_size` pixels."""
+    scale = max(1, min_size // pixels.shape[1])
+    return pixels.repeat(scale, axis=1).repeat(scale, axis=2)
+
+
 def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
     """Write one HWC uint8 image as PNG atomically."""
     atomic_write(path, lambda tmp: _pil(image).save(tmp, format="PNG"))

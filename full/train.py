@@ -161,9 +161,9 @@ class Run:
 
     def save_grid(self) -> None:
         from full.generate import sample_images
-        from full.images import grid, save_png, to_uint8
+        from full.images import enlarge, grid, save_png, to_uint8
         images = sample_images(self.trainer.G_ema, list(range(self.config.grid)), sigma_init=self.config.sigma_init)
-        save_png(grid(to_uint8(images)), os.path.join(self.outdir, f"grid-{self.kimg_tag}.png"))
+        save_png(grid(enlarge(to_uint8(images))), os.path.join(self.outdir, f"grid-{self.kimg_tag}.png"))
 
     def save_snapshot(self) -> None:
         from full.checkpoint import save_network

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,6 +154,17 @@ def test_final_snapshot_is_G_ema_and_describes_the_generator(teacher_file, tmp_p
     provenance = snapshot.provenance
     assert provenance["kind"] == "sid-generator" and provenance["kimg"] == 0.008 and provenance["sigma_init"] == 2.5
     assert "trained_on" not in provenance and provenance["teacher_provenance"]["trained_on"] == "tiny"
+    # The grid shows the snapshot's samples for seeds 0..3, each 8x8 image enlarged 8 times to 64x64.
+    from PIL import Image
+
+    from full.generate import sample_images
+    from full.images import to_uint8
+    shown = np.asarray(Image.open(tmp_path / "grid-000000.008.png"))
+    expected = to_uint8(sample_images(snapshot, [0, 1, 2, 3]))[..., 0]
+    assert shown.shape == (128, 128)
+    tiles = [shown[r:r + 64:8, c:c + 64:8] for r in (0, 64) for c in (0, 64)]
+    assert all(np.abs(t.astype(int) - e).max() <= 1 for t, e in zip(tiles, expected))
+    assert (shown.reshape(16, 8, 16, 8) == shown[::8, ::8][:, None, :, None]).all()
 
 
 def test_two_ranks_match_one_rank_with_accumulation(teacher_file, tmp_path):
