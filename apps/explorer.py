@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-PAGES = Path(__file__).parent / "pages"
+PAGES = Path(__file__).parent / "explorer_pages"  # a folder named pages/ would also be auto-listed by Streamlit
 
 st.set_page_config(page_title="SiD explorer", layout="wide")
 st.navigation([

@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from toy.proofs import prop4_gradients
 
-PAGES = Path(__file__).resolve().parents[1] / "apps" / "pages"
+PAGES = Path(__file__).resolve().parents[1] / "apps" / "explorer_pages"
 TIMEOUT = 180
 
 
@@ -88,3 +88,10 @@ def test_runs_page_shows_the_shipped_generator_next_to_the_teacher():
     timed = [c for c in captions if c.endswith(" ms/image")]
     assert [c.split(":")[0] for c in timed] == ["SiD one step", "teacher, 3 NFE"]
     assert all(float(c.split(": ")[1].split()[0]) > 0 for c in timed)
+
+
+def test_entry_point_navigates_to_the_four_pages():
+    at = AppTest.from_file(str(PAGES.parent / "explorer.py"), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [t.value for t in at.title] == ["SiD's score identities"]  # the default page
+    assert not (PAGES.parent / "pages").exists()  # Streamlit would list such a folder beside the navigation
