@@ -167,11 +167,16 @@ def load_stats(location: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
     """Fréchet distance between N(mu1, s1) and N(mu2, s2), the FID of Heusel et al. (2017):
-    ||mu1 - mu2||^2 + Tr(s1 + s2 - 2 sqrtm(s1 s2)), with scipy's sqrtm and its real part (as EDM)."""
+    ||mu1 - mu2||^2 + Tr(s1 + s2 - 2 sqrtm(s1 s2)), with scipy's sqrtm and its real part (as EDM).
+
+    With fewer images than feature dimensions s1 s2 is singular; its square root is still defined, and
+    EDM ignores scipy's warning about it (``disp=False``), so we silence that warning too."""
     if np.shape(mu1) != np.shape(mu2) or np.shape(s1) != np.shape(s2):
         raise MetricsError(f"statistics of different sizes: {np.shape(mu1)} vs {np.shape(mu2)}; compute both "
                            f"with the same detector")
-    root = scipy.linalg.sqrtm(np.dot(s1, s2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        root = scipy.linalg.sqrtm(np.dot(s1, s2))
     return float(np.real(np.square(mu1 - mu2).sum() + np.trace(s1 + s2 - 2 * root)))
 
 
