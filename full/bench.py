@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from full.cli import USER_ERRORS, report_error
+from full.cli import ArgumentParser, USER_ERRORS, report_error
 
 OFFICIAL_STEP = {"sec_per_iter": 6.67, "peak_rss_gib": 3.0}  # official SiD code, same config, 2 threads
 
@@ -70,8 +70,8 @@ def cmd_step(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m full.bench", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m full.bench", description=__doc__.split("\n\n")[0],
+                            epilog=__doc__.split("\n\n", 1)[1])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("step", "_step_child"):
         p = sub.add_parser(name, help="SiD iteration cost, CIFAR-10 DDPM++ at batch 2" if name == "step" else argparse.SUPPRESS)

@@ -27,7 +27,7 @@ import safetensors.torch
 import torch
 
 from full.atomic import atomic_write
-from full.cli import USER_ERRORS, report_error
+from full.cli import ArgumentParser, USER_ERRORS, report_error
 from full.edm_pickle import NetworkSpec, load_edm_pickle
 from full.errors import CheckpointError
 from full.precond import PRECONDITIONERS
@@ -183,7 +183,7 @@ def inspect_network(path: str | os.PathLike) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m full.checkpoint",
         description="Inspect network files or convert EDM/SiD pickles to safetensors + json. Pickles are "
                     "read with a whitelisting unpickler: code embedded in them is never run.")

@@ -11,7 +11,6 @@ SiD itself is data-free; datasets serve reference statistics, labels (--labels-f
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -26,7 +25,7 @@ import torch
 from PIL import Image
 
 from full.atomic import atomic_write
-from full.cli import USER_ERRORS, report_error
+from full.cli import ArgumentParser, USER_ERRORS, report_error
 from full.errors import SidError
 
 
@@ -198,8 +197,8 @@ def convert(source: str, dest: str, resolution: int | None = None) -> ImageZipDa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m full.dataset", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m full.dataset", description=__doc__.split("\n\n")[0],
+                            epilog=__doc__.split("\n\n", 2)[2])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("convert", help="write an EDM dataset zip")
     p.add_argument("--source", required=True, help="mnist5k, cifar10:TARBALL or folder:DIR")

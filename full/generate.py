@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from full import distributed
-from full.cli import USER_ERRORS, report_error
+from full.cli import ArgumentParser, USER_ERRORS, report_error
 from full.images import save_png, to_uint8
 
 
@@ -72,9 +72,8 @@ def sample_images(net: torch.nn.Module, seeds: list[int], *, teacher_steps: int 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m full.generate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Shard over GPUs with: torchrun --nproc_per_node N -m full.generate ...")
+    p = ArgumentParser(prog="python -m full.generate", description=__doc__.split("\n\n")[0],
+                       epilog="Shard over GPUs with: torchrun --nproc_per_node N -m full.generate ...")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--network", help="one-step generator (SiD snapshot: .safetensors/.json or .pkl)")
     source.add_argument("--teacher", help="EDM teacher (.pkl or .safetensors/.json), sampled with --steps Heun steps")

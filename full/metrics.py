@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from full.cli import USER_ERRORS, report_error
+from full.cli import ArgumentParser, USER_ERRORS, report_error
 from full.download import fetch, is_url
 from full.errors import SidError
 
@@ -323,8 +323,8 @@ def summarize(values: list[float]) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m full.metrics", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m full.metrics", description=__doc__.split("\n\n")[0],
+                            epilog=__doc__.split("\n\n", 1)[1])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("ref", help="write reference statistics (mu, sigma) of a dataset zip")
     p.add_argument("--data", required=True, help="EDM dataset zip")

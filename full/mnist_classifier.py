@@ -12,7 +12,6 @@ The network follows the Inception detector interface of `full.metrics`: uint8 NC
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import hashlib
 import json
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from full.cli import USER_ERRORS, report_error
+from full.cli import ArgumentParser, USER_ERRORS, report_error
 from full.errors import SidError
 
 FORMAT = "sid-feature-net"
@@ -166,8 +165,8 @@ def load_classifier(meta_path: str | os.PathLike, weights_path: str | os.PathLik
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m full.mnist_classifier", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m full.mnist_classifier", description=__doc__.split("\n\n")[0],
+                            epilog=__doc__.split("\n\n", 2)[2])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train the classifier and save OUT.safetensors + OUT.json")
     p.add_argument("--data", required=True, help="labelled EDM dataset zip (e.g. data/mnist16.zip)")

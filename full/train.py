@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from full import distributed
-from full.cli import USER_ERRORS, report_error
+from full.cli import ArgumentParser, USER_ERRORS, report_error
 from full.errors import SidError
 from full.options import add_options, overrides
 from full.presets import PRESETS, SiDConfig, resolve
@@ -246,8 +246,8 @@ class Run:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m full.train", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m full.train", description=__doc__.split("\n\n")[0],
+                            epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--preset", help=f"one of: {', '.join(PRESETS)}")
     parser.add_argument("--outdir", default=None, help="run directory (default: runs/<preset>)")
     parser.add_argument("--resume", default="auto", help="auto (newest state in --outdir), none, or a state path")

@@ -11,7 +11,6 @@ same command again resumes from training-state.pt.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from full.cli import USER_ERRORS, report_error
+from full.cli import ArgumentParser, USER_ERRORS, report_error
 from full.losses import denoising_loss
 from full.options import add_options, option, overrides
 
@@ -109,8 +108,8 @@ def train(config: TeacherConfig, outdir: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m full.train_teacher", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m full.train_teacher", description=__doc__.split("\n\n")[0],
+                            epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--outdir", required=True, help="where teacher.safetensors/.json and log.jsonl go")
     add_options(parser, TeacherConfig)
     args = parser.parse_args(argv)

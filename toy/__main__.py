@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from full.cli import USER_ERRORS, report_error
+from full.cli import ArgumentParser, USER_ERRORS, report_error
 from full.options import add_options, overrides
 
 
@@ -83,7 +83,7 @@ def cmd_bench(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from toy.distill import ToyConfig
-    parser = argparse.ArgumentParser(prog="python -m toy", description=(
+    parser = ArgumentParser(prog="python -m toy", description=(
         "SiD's identities, Proposition 4's failure case and toy distillation, all with exact scores."))
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("verify", help="run every sympy proof and Monte Carlo check; exit 0 iff all hold")
