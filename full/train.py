@@ -37,7 +37,7 @@ from full.presets import PRESETS, SiDConfig, resolve
 STATE_GLOB = "training-state-*.pt"
 
 
-# ---------------------------------------------------------------------------------------- run directory
+# ---------------------------------------------------------------------------------------- interruption
 
 
 class StopOnInterrupt:
@@ -63,6 +63,8 @@ class StopOnInterrupt:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
 
+
+# ---------------------------------------------------------------------------------------- run directory
 
 
 def atomic_torch_save(obj, path: str) -> None:
