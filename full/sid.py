@@ -136,28 +136,40 @@ class SiDTrainer:
         kept = per_sample[finite]
         return kept.sum(), int((~finite).sum()), float(kept.detach().sum())
 
+    def _accumulate(self, phase: str, net: torch.nn.Module, opt: torch.optim.Optimizer, loss_scale: float,
+                    per_sample_loss) -> tuple[float, int, int]:
+        """Gradient accumulation shared by both updates. For each of this rank's chunks: the chunk's generator
+        (also seeding dropout), latents and labels, then backward of the finite part of
+        ``per_sample_loss(z, labels, g)`` [B] times ``loss_scale / batch``. Then sum over ranks and step `opt`.
+        Returns (loss sum, dropped samples, non-finite gradient entries)."""
+        opt.zero_grad(set_to_none=True)
+        total, nans = 0.0, 0
+        for chunk in self._chunks():
+            g = self.rng(phase, chunk)
+            torch.manual_seed(g.initial_seed())  # dropout
+            z, labels = self.latents(self.batch_gpu, g)
+            loss, bad, value = self._masked_sum(per_sample_loss(z, labels, g).float())
+            self.scalers[phase].scale(loss * loss_scale / self.config.batch).backward()
+            total, nans = total + value, nans + bad
+        return total, nans, self._finish(net, opt, self.scalers[phase])
+
     def fake_step(self) -> tuple[float, int, int]:
         """Fit f_psi to detached G samples (ADA-augmented with probability `augment`, labels passed to
         f_psi as augment_labels) with the EDM denoising loss; returns (loss sum, NaN samples, bad grads)."""
-        self.f_psi.train()
-        self.opt_psi.zero_grad(set_to_none=True)
-        total, nans = 0.0, 0
-        for chunk in self._chunks():
-            g = self.rng("fake", chunk)
-            torch.manual_seed(g.initial_seed())  # dropout
-            z, labels = self.latents(self.batch_gpu, g)
+        def per_sample_loss(z, labels, g):
             with torch.no_grad(), self._autocast():
                 x_g = self.generate(self.G.eval(), z, labels).float()
             extra = {}
             if self.config.augment > 0:
                 x_g, extra["augment_labels"] = augment(x_g, self.config.augment, g)
             with self._autocast():
-                per_sample = denoising_loss(self.f_psi, x_g, generator=g, class_labels=labels, **extra)
-            loss, bad, value = self._masked_sum(per_sample.float())
-            self.scalers["fake"].scale(loss * self.config.ls / self.config.batch).backward()
-            total, nans = total + value, nans + bad
-        self.f_psi.eval()
-        return total, nans, self._finish(self.f_psi, self.opt_psi, self.scalers["fake"])
+                return denoising_loss(self.f_psi, x_g, generator=g, class_labels=labels, **extra)
+
+        self.f_psi.train()
+        try:
+            return self._accumulate("fake", self.f_psi, self.opt_psi, self.config.ls, per_sample_loss)
+        finally:
+            self.f_psi.eval()
 
     def _frozen(self, net: torch.nn.Module):
         """Call a frozen denoiser, through activation checkpointing if configured."""
@@ -167,25 +179,20 @@ class SiDTrainer:
 
     def generator_step(self) -> tuple[float, int, int]:
         """Update G with the SiD loss; returns (loss sum, NaN samples, bad grads)."""
-        self.G.train()
-        self.f_psi.requires_grad_(False)
-        self.opt_G.zero_grad(set_to_none=True)
-        total, nans = 0.0, 0
-        for chunk in self._chunks():
-            g = self.rng("generator", chunk)
-            torch.manual_seed(g.initial_seed())  # dropout
-            z, labels = self.latents(self.batch_gpu, g)
+        def per_sample_loss(z, labels, g):
             with self._autocast():
                 x_g = self.generate(self.G, z, labels).float()
-                per_sample = generator_loss(self._frozen(self.f_phi), self._frozen(self.f_psi), x_g,
-                                            alpha=self.config.alpha, t_max=self.config.t_max, generator=g,
-                                            class_labels=labels)
-            loss, bad, value = self._masked_sum(per_sample.float())
-            self.scalers["generator"].scale(loss * self.config.lsg / self.config.batch).backward()
-            total, nans = total + value, nans + bad
-        self.G.eval()
-        self.f_psi.requires_grad_(True)
-        return total, nans, self._finish(self.G, self.opt_G, self.scalers["generator"])
+                return generator_loss(self._frozen(self.f_phi), self._frozen(self.f_psi), x_g,
+                                      alpha=self.config.alpha, t_max=self.config.t_max, generator=g,
+                                      class_labels=labels)
+
+        self.G.train()
+        self.f_psi.requires_grad_(False)
+        try:
+            return self._accumulate("generator", self.G, self.opt_G, self.config.lsg, per_sample_loss)
+        finally:
+            self.G.eval()
+            self.f_psi.requires_grad_(True)
 
     @torch.no_grad()
     def ema_step(self) -> None:
