@@ -24,7 +24,7 @@ def proofs() -> dict:
 @st.cache_resource
 def network(path: str):
     """A network loaded once per server (read-only: eval mode, frozen)."""
-    from full.checkpoint import load_network
+    from full.store.network_file import load_network
     return load_network(path)
 
 

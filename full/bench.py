@@ -29,7 +29,7 @@ OFFICIAL_STEP = {"sec_per_iter": 6.67, "peak_rss_gib": 3.0}  # official SiD code
 
 def cifar10_ddpmpp(label_dim: int = 0) -> torch.nn.Module:
     """EDM's cifar10 VP (DDPM++) network, randomly initialised, with the released checkpoint's arguments."""
-    from full.checkpoint import build_network
+    from full.store.network_file import build_network
     return build_network("EDMPrecond", img_resolution=32, img_channels=3, label_dim=label_dim, model_type="SongUNet",
                          embedding_type="positional", encoder_type="standard", decoder_type="standard",
                          channel_mult_noise=1, resample_filter=[1, 1], model_channels=128, channel_mult=[2, 2, 2],
@@ -39,8 +39,8 @@ def cifar10_ddpmpp(label_dim: int = 0) -> torch.nn.Module:
 def measure_step(batch: int, iterations: int, threads: int, checkpointing: bool) -> dict:
     """Time SiD iterations on the CPU after one warm-up iteration; peak RSS of this process."""
     from full import distributed
-    from full.presets import PRESETS, SiDConfig
-    from full.sid import SiDTrainer
+    from full.method.presets import PRESETS, SiDConfig
+    from full.method.sid import SiDTrainer
     torch.set_num_threads(threads)
     preset = {k: v for k, v in PRESETS["cifar10-uncond"].items() if k in {"alpha", "lr", "glr", "dropout", "augment"}}
     config = SiDConfig(**preset, batch=batch, batch_gpu=batch, precision="fp32", checkpointing=checkpointing)
@@ -112,9 +112,10 @@ def add_mnist_arguments(p: argparse.ArgumentParser) -> None:
 
 def _mnist_row(name: str, net, detector, ref, seeds: list[int], nfe: int, teacher_steps: int | None) -> dict:
     """FID-MNIST, classifier statistics, NFE and ms/image of one model on `seeds` (generation timed)."""
-    from full.generate import sample_images
-    from full.images import to_uint8
-    from full.metrics import frechet_distance, measure
+    from full.eval.sampling import sample_images
+    from full.eval.images import to_uint8
+    from full.eval.fid import frechet_distance
+    from full.eval.measure import measure
     start, batches = time.perf_counter(), []
     for i in range(0, len(seeds), 250):
         x = sample_images(net, seeds[i:i + 250], teacher_steps=teacher_steps)
@@ -135,10 +136,13 @@ def run_mnist(args) -> dict:
     """Teacher at each NFE and the SiD generator on the same seeds, then FID against distilled kimg."""
     import glob
 
-    from full.checkpoint import load_network
-    from full.dataset import ImageZipDataset, convert
-    from full.download import fetch
-    from full.metrics import dataset_batches, frechet_distance, load_detector, measure
+    from full.store.network_file import load_network
+    from full.dataset import convert
+    from full.store.dataset_zip import ImageZipDataset
+    from full.store.download import fetch
+    from full.eval.detectors import load_detector
+    from full.eval.fid import frechet_distance
+    from full.eval.measure import dataset_batches, measure
     torch.set_num_threads(args.threads)
     for name in ("teacher", "generator", "classifier"):
         if not fetch(getattr(args, name)).exists():

@@ -6,8 +6,10 @@ import sys
 
 from full.errors import SidError
 
-# Errors that mean the input was wrong (a missing file, a bad value), not that the code is.
-USER_ERRORS = (SidError, ValueError, OSError)
+# Errors that mean the input was wrong (a missing file, a bad value), not that the code is. Code raises them
+# only after checking the input explicitly; a ValueError or OSError from anywhere else is a bug and keeps
+# its traceback.
+USER_ERRORS = (SidError,)
 
 
 def report_error(error: BaseException) -> int:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from full.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -28,9 +30,14 @@ def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     """'auto' -> cuda:local_rank when a GPU is present, else cpu."""
     if preference == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(preference)
+    try:
+        device = torch.device(preference)
+    except RuntimeError:
+        raise ConfigError(f"--device {preference!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {preference!r} is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {preference} asked for a GPU but none is available; use --device cpu")
+        raise ConfigError(f"--device {preference} asked for a GPU but none is available; use --device cpu")
     return device
 
 

@@ -3,10 +3,8 @@
     python -m full.generate --network SNAPSHOT --seeds 0-49999 --batch 256 --outdir DIR [--npz] [--class N]
     python -m full.generate --teacher PATH --steps 18 --seeds 0-63 --outdir DIR
 
-Every image is a function of its seed alone (EDM's convention: a `torch.Generator` on the device,
-seeded with seed mod 2^32, draws the latent [C, R, R] and then the class label), so the output does
-not depend on the batch size or on how torchrun shards the seeds over ranks. CPU and CUDA
-generators give different numbers.
+Every image is a function of its seed alone (EDM's convention, see `full.eval.sampling`), so the output
+does not depend on the batch size or on how torchrun shards the seeds over ranks.
 """
 from __future__ import annotations
 
@@ -16,12 +14,12 @@ import sys
 import time
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from full import distributed
 from full.cli import ArgumentParser, USER_ERRORS, report_error
-from full.images import save_png, to_uint8
+from full.eval.images import save_png, to_uint8
+from full.eval.sampling import sample_images
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -34,41 +32,6 @@ def parse_seeds(text: str) -> list[int]:
     except ValueError:
         raise ValueError(f"cannot read seeds {text!r}; write them like 0-49999 or 1,5,10-12") from None
     return seeds
-
-
-def seed_latents(seeds: list[int], img_shape: tuple[int, int, int], label_dim: int, device: torch.device,
-                 class_idx: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-seed latents and one-hot labels: latent first, then the label, from the seed's own generator."""
-    z, idx = [], []
-    for seed in seeds:
-        g = torch.Generator(device).manual_seed(seed % (1 << 32))
-        z.append(torch.randn(img_shape, generator=g, device=device))
-        if label_dim:
-            idx.append(torch.randint(label_dim, (1,), generator=g, device=device))
-    if not label_dim:
-        return torch.stack(z), None
-    labels = torch.cat(idx) if class_idx is None else torch.full((len(seeds),), class_idx, device=device)
-    return torch.stack(z), torch.nn.functional.one_hot(labels, label_dim).float()
-
-
-def one_step(G: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None, sigma_init: float = 2.5) -> torch.Tensor:
-    """SiD generation x_g = G(sigma_init z, sigma_init, labels)."""
-    sigma = torch.full((z.shape[0],), sigma_init, device=z.device)
-    return G(sigma_init * z, sigma, labels)
-
-
-def sample_images(net: torch.nn.Module, seeds: list[int], *, teacher_steps: int | None = None,
-                  class_idx: int | None = None, sigma_init: float | None = None) -> torch.Tensor:
-    """Images in [-1, 1] for `seeds`: one step of G, or `teacher_steps` Heun steps of a teacher."""
-    from full.sampler import edm_sampler
-    device = next(net.parameters()).device
-    shape = (net.img_channels, net.img_resolution, net.img_resolution)
-    z, labels = seed_latents(seeds, shape, net.label_dim, device, class_idx)
-    with torch.no_grad():
-        if teacher_steps:
-            return edm_sampler(net, z, labels, num_steps=teacher_steps)
-        sigma_init = sigma_init if sigma_init is not None else float(getattr(net, "provenance", {}).get("sigma_init", 2.5))
-        return one_step(net, z, labels, sigma_init)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        from full.checkpoint import load_network
+        from full.store.network_file import load_network
         ranks = distributed.init(args.device)
         seeds = parse_seeds(args.seeds)
         net = load_network(args.network or args.teacher, device=ranks.device)

@@ -75,11 +75,11 @@ def split_indices(n: int, held_out: int, seed: int) -> tuple[np.ndarray, np.ndar
     return order[:n - held_out], order[n - held_out:]
 
 
-def shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+def shift(x: torch.Tensor, max_shift: int, rng: torch.Generator) -> torch.Tensor:
     """Move each image by a random integer offset in [-max_shift, max_shift]^2, filling with background (-1)."""
     n, _, h, w = x.shape
     padded = F.pad(x, [max_shift] * 4, value=-1.0)
-    dy, dx = torch.randint(2 * max_shift + 1, (2, n, 1), generator=generator)
+    dy, dx = torch.randint(2 * max_shift + 1, (2, n, 1), generator=rng)
     rows, cols = dy + torch.arange(h), dx + torch.arange(w)
     return padded[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
@@ -96,7 +96,7 @@ def train(images: torch.Tensor, labels: torch.Tensor, epochs: int = 20, batch: i
           seed: int = 0, progress=None) -> MnistClassifier:
     """Adam with a cosine learning-rate decay and +-1 pixel shifts on uint8 NCHW `images`."""
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)
     net = MnistClassifier(resolution=images.shape[2], channels=images.shape[1], classes=int(labels.max()) + 1)
     x = images.float() / 127.5 - 1
     steps = epochs * math.ceil(len(x) / batch)
@@ -104,11 +104,11 @@ def train(images: torch.Tensor, labels: torch.Tensor, epochs: int = 20, batch: i
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     for epoch in range(epochs):
         net.train()
-        order = torch.randperm(len(x), generator=generator)
+        order = torch.randperm(len(x), generator=rng)
         total = 0.0
         for i in range(0, len(x), batch):
             idx = order[i:i + batch]
-            loss = F.cross_entropy(net.logits(shift(x[idx], 1, generator)), labels[idx])
+            loss = F.cross_entropy(net.logits(shift(x[idx], 1, rng)), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -121,7 +121,7 @@ def train(images: torch.Tensor, labels: torch.Tensor, epochs: int = 20, batch: i
 
 def save_classifier(net: MnistClassifier, out: str, split: dict, provenance: dict) -> str:
     """Write OUT.safetensors then OUT.json atomically (a shared weights_id ties the pair); return the stem."""
-    from full.atomic import atomic_write
+    from full.store.atomic import atomic_write
     stem = out.removesuffix(".safetensors").removesuffix(".json")
     Path(stem).parent.mkdir(parents=True, exist_ok=True)
     weights_id = uuid.uuid4().hex
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
     args = parser.parse_args(argv)
     try:
-        from full.dataset import ImageZipDataset
+        from full.store.dataset_zip import ImageZipDataset
         if args.threads:
             torch.set_num_threads(args.threads)
         data = ImageZipDataset(args.data)

@@ -32,7 +32,7 @@ from full import distributed
 from full.cli import ArgumentParser, USER_ERRORS, report_error
 from full.errors import SidError
 from full.options import add_options, overrides
-from full.presets import PRESETS, SiDConfig, resolve
+from full.method.presets import PRESETS, SiDConfig, resolve
 
 STATE_GLOB = "training-state-*.pt"
 
@@ -68,7 +68,7 @@ class StopOnInterrupt:
 
 
 def atomic_torch_save(obj, path: str) -> None:
-    from full.atomic import atomic_write
+    from full.store.atomic import atomic_write
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -105,8 +105,8 @@ def check_writable(outdir: str) -> None:
 
 def load_teacher(config: SiDConfig, device: torch.device) -> torch.nn.Module:
     """Load the teacher (path or URL), and check it against the preset's resolution and label count."""
-    from full.checkpoint import load_network
-    from full.download import fetch
+    from full.store.network_file import load_network
+    from full.store.download import fetch
     if not config.teacher:
         raise SidError("no teacher given; pass --teacher PATH_OR_URL (an EDM .pkl or our .safetensors/.json)")
     if not fetch(config.teacher).exists() and not os.path.exists(config.teacher + ".json"):
@@ -128,7 +128,7 @@ class Run:
     """A SiD run in a directory: logging, grids, snapshots and training states around `SiDTrainer`."""
 
     def __init__(self, config: SiDConfig, outdir: str, preset: str | None, resume: str):
-        from full.sid import SiDTrainer
+        from full.method.sid import SiDTrainer
         self.config, self.outdir, self.preset = config, outdir, preset
         self.ranks = distributed.init(config.device)
         if config.threads:
@@ -138,7 +138,7 @@ class Run:
         teacher = load_teacher(config, self.ranks.device)
         self.trainer = SiDTrainer(config, teacher, self.ranks)
         if config.labels_from:
-            from full.dataset import label_sampler
+            from full.store.dataset_zip import label_sampler
             self.trainer.label_source = label_sampler(config.labels_from, teacher.label_dim)
         state_path = newest_state(outdir) if resume == "auto" else (resume if resume != "none" else None)
         if state_path:
@@ -162,13 +162,13 @@ class Run:
         return f"{self.trainer.nimg / 1000:010.3f}"
 
     def save_grid(self) -> None:
-        from full.generate import sample_images
-        from full.images import enlarge, grid, save_png, to_uint8
+        from full.eval.sampling import sample_images
+        from full.eval.images import enlarge, grid, save_png, to_uint8
         images = sample_images(self.trainer.G_ema, list(range(self.config.grid)), sigma_init=self.config.sigma_init)
         save_png(grid(enlarge(to_uint8(images))), os.path.join(self.outdir, f"grid-{self.kimg_tag}.png"))
 
     def save_snapshot(self) -> None:
-        from full.checkpoint import save_network
+        from full.store.network_file import save_network
         save_network(self.trainer.G_ema, os.path.join(self.outdir, f"network-snapshot-{self.kimg_tag}"), provenance={
             "kind": "sid-generator", "preset": self.preset, "kimg": self.trainer.nimg / 1000,
             "sigma_init": self.config.sigma_init, "alpha": self.config.alpha, "teacher": self.config.teacher})
@@ -181,7 +181,7 @@ class Run:
             os.unlink(old)
 
     def evaluate(self) -> dict:
-        from full.metrics import generator_fid
+        from full.eval.measure import generator_fid
         return {"fid": generator_fid(self.trainer.G_ema, self.config)}
 
     def artefacts(self, tick: int, final: bool) -> None:

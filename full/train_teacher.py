@@ -4,7 +4,7 @@
     python -m full.train_teacher --data data/mnist16.zip --outdir runs/teacher --kimg 100
 
 The network is EDMPrecond around a DDPM++-style SongUNet (Karras et al. 2022), trained with
-`full.losses.denoising_loss` (the same function SiD uses to fit f_psi), Adam with a linear
+`full.method.losses.DenoisingLoss` (the same objective SiD uses to fit f_psi), Adam with a linear
 learning-rate warm-up, and an EMA whose half-life ramps up like EDM's. The EMA weights are saved
 as teacher.safetensors + teacher.json, which `full.load_network` and `full.train` accept. Running the
 same command again resumes from training-state.pt.
@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from full.cli import ArgumentParser, USER_ERRORS, report_error
-from full.losses import denoising_loss
+from full.method.losses import DenoisingLoss
 from full.options import add_options, option, overrides
 
 
@@ -47,7 +47,7 @@ class TeacherConfig:
 
 def build_teacher(config: TeacherConfig, resolution: int, channels: int, label_dim: int) -> torch.nn.Module:
     """EDMPrecond(SongUNet) with DDPM++ settings (positional embedding, standard encoder/decoder)."""
-    from full.checkpoint import build_network
+    from full.store.network_file import build_network
     return build_network("EDMPrecond", img_resolution=resolution, img_channels=channels, label_dim=label_dim,
                          model_type="SongUNet", embedding_type="positional", encoder_type="standard",
                          decoder_type="standard", channel_mult_noise=1, resample_filter=[1, 1],
@@ -58,10 +58,10 @@ def build_teacher(config: TeacherConfig, resolution: int, channels: int, label_d
 
 def train(config: TeacherConfig, outdir: str):
     """Yield (kimg, mean loss) every 1.28 kimg; save the EMA teacher and the state as it goes."""
-    from full.atomic import atomic_write
-    from full.checkpoint import save_network
-    from full.dataset import ImageZipDataset
-    from full.sid import ema_beta
+    from full.store.atomic import atomic_write
+    from full.store.network_file import save_network
+    from full.store.dataset_zip import ImageZipDataset
+    from full.method.ema import ema_beta, ema_update
     torch.manual_seed(config.seed)
     data = ImageZipDataset(config.data)
     images = data.all_images().float() / 127.5 - 1
@@ -82,17 +82,14 @@ def train(config: TeacherConfig, outdir: str):
         while nimg < total:
             idx = torch.randint(len(images), (config.batch,))
             kwargs = {"class_labels": labels[idx]} if labels is not None else {}
-            loss = denoising_loss(net, images[idx], **kwargs).mean()
+            loss = DenoisingLoss()(net, images[idx], **kwargs)["loss"].mean()
             for group in opt.param_groups:
                 group["lr"] = config.lr * min(1.0, (nimg + 1) / max(config.warmup_kimg * 1000, 1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             nimg += config.batch
-            beta = ema_beta(config.batch, nimg, config.ema_kimg / 1000)
-            with torch.no_grad():
-                for p_ema, p in zip(ema.parameters(), net.parameters()):
-                    p_ema.copy_(p.detach().lerp(p_ema, beta))
+            ema_update(ema, net, ema_beta(config.batch, nimg, config.ema_kimg / 1000))
             losses.append(loss.item())
             bar.update(config.batch)
             bar.set_postfix(loss=f"{loss.item():.3f}")

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from full.augment import augment, warp
+from full.method.augment import augment, warp
 
 Z = torch.zeros(3)
 NO_SHIFT = torch.zeros(2, 3)

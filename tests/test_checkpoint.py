@@ -10,7 +10,7 @@ import torch
 from test_edm_pickle import TINY, Evil, network_inputs, tiny_network, write_edm_pickle
 
 from full import checkpoint
-from full.checkpoint import build_network, load_network, save_network
+from full.store.network_file import build_network, load_network, save_network
 from full.errors import CheckpointError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,8 +53,8 @@ def test_convert_keeps_provenance(tmp_path):
 
 
 def test_full_load_network_is_lazy():
-    code = ("import sys, full, full.losses; assert 'full.checkpoint' not in sys.modules; "
-            "full.load_network; assert 'full.checkpoint' in sys.modules")
+    code = ("import sys, full, full.method.losses; assert 'full.store.network_file' not in sys.modules; "
+            "full.load_network; assert 'full.store.network_file' in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
@@ -121,7 +121,7 @@ def test_interrupted_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatc
             raise OSError("disk full")
         real_replace(src, dst)
 
-    monkeypatch.setattr(checkpoint.os, "replace", replace_then_crash)
+    monkeypatch.setattr(os, "replace", replace_then_crash)
     with pytest.raises(OSError):
         save_network(tiny_network("edm-adm", seed=1), tmp_path / "net")
     monkeypatch.undo()

@@ -2,8 +2,8 @@
 import torch
 
 import full
-from full.checkpoint import save_network
-from full.download import fetch
+from full.store.network_file import save_network
+from full.store.download import fetch
 from full.train_teacher import TeacherConfig, build_teacher
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from full.edm_pickle import flatten_state_dict, load_edm_pickle, read_edm_pickle
+from full.store.edm_pickle import flatten_state_dict, load_edm_pickle, read_edm_pickle
 from full.errors import CheckpointError
 
 _OURS = ("precond_name", "init_kwargs", "provenance")  # attributes build_network adds; EDM has no such fields
@@ -157,7 +157,7 @@ def test_corrupt_and_foreign_files(tmp_path):
         read_edm_pickle(tmp_path / "absent.pkl")
 
 
-# --- real networks (full.precond) -------------------------------------------------------------------
+# --- real networks (full.nets.precond) -------------------------------------------------------------------
 
 UNET = dict(img_resolution=8, img_channels=1, model_channels=16, channel_mult=[1, 2], num_blocks=1,
             attn_resolutions=[4])
@@ -174,7 +174,7 @@ TINY = {  # kwargs as EDM's train.py passes them: only what differs from the con
 
 def tiny_network(name: str, seed: int = 0) -> torch.nn.Module:
     """A tiny real network with random (not zero-initialised) weights and buffers kept as built."""
-    from full.checkpoint import build_network
+    from full.store.network_file import build_network
     precond, kwargs = TINY[name]
     net = build_network(precond, **kwargs)
     gen = torch.Generator().manual_seed(seed)
@@ -194,7 +194,7 @@ def network_inputs(net, seed: int = 1):
 
 @pytest.mark.parametrize("name", list(TINY))
 def test_edm_pickle_loads_bit_exactly(tmp_path, name):
-    from full.checkpoint import load_network
+    from full.store.network_file import load_network
     net = tiny_network(name)
     precond, passed = TINY[name]
     top = {"ema": net, "loss_fn": Toy(), "augment_pipe": None, "dataset_kwargs": {"path": "cifar10.zip", "xflip": False}}

@@ -60,7 +60,7 @@ def test_toy_page_trains_on_step():
 
 
 def test_runs_page_reads_a_run_directory(tmp_path):
-    from full.images import grid, save_png
+    from full.eval.images import grid, save_png
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"preset": "test"}))

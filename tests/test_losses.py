@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from full import losses
+from full.method import losses
 from toy.families import Gaussian
 
 
@@ -13,14 +13,14 @@ def test_karras_sigma_endpoints_and_tmax_range():
     assert losses.karras_sigma(torch.tensor(1.0)).item() == pytest.approx(80.0)
     top = (80 ** (1 / 7) + 0.2 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7  # t = t_max/1000 = 0.8
     assert top == pytest.approx(24.41, abs=0.01)
-    sigma = losses.sample_generator_sigma(20_000, 800, generator=torch.Generator().manual_seed(0))
+    sigma = losses.sample_generator_sigma(20_000, 800, rng=torch.Generator().manual_seed(0))
     assert sigma.min() >= 0.002 - 1e-7 and sigma.max() <= top + 1e-4
     # t is uniform: the median of sigma is sigma(0.4).
     assert sigma.median().item() == pytest.approx(losses.karras_sigma(torch.tensor(0.4)).item(), rel=0.05)
 
 
 def test_denoising_sigma_is_lognormal():
-    sigma = losses.sample_denoising_sigma(50_000, generator=torch.Generator().manual_seed(0))
+    sigma = losses.sample_denoising_sigma(50_000, rng=torch.Generator().manual_seed(0))
     assert sigma.log().mean().item() == pytest.approx(-1.2, abs=0.02)
     assert sigma.log().std().item() == pytest.approx(1.2, abs=0.02)
 
@@ -36,8 +36,8 @@ def test_denoising_loss_of_exact_denoiser_is_weighted_posterior_variance():
     s, sigma, d, n = 0.7, 0.9, 3, 200_000
     data = Gaussian(torch.zeros(d, dtype=torch.float64), s ** 2 * torch.eye(d, dtype=torch.float64))
     x0 = data.sample(n, torch.Generator().manual_seed(0))
-    loss = losses.denoising_loss(data, x0, sigma=torch.full((n,), sigma, dtype=torch.float64),
-                                 generator=torch.Generator().manual_seed(1))
+    loss = losses.DenoisingLoss()(data, x0, sigma=torch.full((n,), sigma, dtype=torch.float64),
+                                  rng=torch.Generator().manual_seed(1))["loss"]
     expected = losses.edm_weight(torch.tensor(sigma)).item() * d * s ** 2 * sigma ** 2 / (s ** 2 + sigma ** 2)
     assert abs(loss.mean().item() - expected) < 4 * loss.std().item() / math.sqrt(n)
 
@@ -55,17 +55,22 @@ def _pair(shape=(4, 3, 2, 2), seed=0):
     return f_phi, f_psi, x_g, sigma, noise
 
 
-def test_sid_generator_loss_equals_direct_formula():
+def test_sid_generator_terms_equal_direct_formulas():
     f_phi, f_psi, x_g, sigma, noise = _pair()
     alpha = 1.2
-    got = losses.generator_loss(f_phi, f_psi, x_g, alpha=alpha, sigma=sigma, noise=noise)
+    got = losses.SiD(alpha)(f_phi, f_psi, x_g, sigma, noise)
     s = sigma.reshape(-1, 1, 1, 1)
     x_t = x_g + s * noise
     y_r, y_f = f_phi(x_t, s), f_psi(x_t, s)
-    direct = ((y_r - y_f) * ((y_r - x_g) - alpha * (y_r - y_f))).sum((1, 2, 3)) / (x_g - y_r).abs().mean((1, 2, 3))
-    torch.testing.assert_close(got, direct)
-    torch.testing.assert_close(losses.sid_loss(y_r, y_f, x_g, alpha),
-                               losses.projected_loss(y_r, y_f, x_g) - alpha * losses.naive_loss(y_r, y_f, x_g))
+    w = (x_g - y_r).abs().mean((1, 2, 3))
+    direct = ((y_r - y_f) * ((y_r - x_g) - alpha * (y_r - y_f))).sum((1, 2, 3)) / w
+    assert set(got) == {"loss", "L1", "L2"}
+    torch.testing.assert_close(got["loss"], direct)
+    torch.testing.assert_close(got["L1"], ((y_r - y_f) ** 2).sum((1, 2, 3)) / w)
+    torch.testing.assert_close(got["L2"], ((y_r - y_f) * (y_r - x_g)).sum((1, 2, 3)) / w)
+    torch.testing.assert_close(got["loss"], got["L2"] - alpha * got["L1"])
+    # Resolved by name from a config that carries more parameters than SiD has.
+    assert losses.generator_objective("sid", alpha=0.7, gan_weight=3.0) == losses.SiD(0.7)
 
 
 def test_sid_gradient_flows_through_both_denoiser_inputs():
@@ -79,10 +84,10 @@ def test_sid_gradient_flows_through_both_denoiser_inputs():
         y_r, y_f = f_phi(x + s * noise, s), f_psi(x + s * noise, s)
         if detach_outputs:
             y_r, y_f = y_r.detach(), y_f.detach()
-        return (losses.sid_loss(y_r, y_f, x, 1.2) / w).sum()
+        return (losses.SiD(1.2).terms(losses.Denoised(x, y_r, y_f))["loss"] / w).sum()
 
     x = x_g.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(losses.generator_loss(f_phi, f_psi, x, alpha=1.2, sigma=sigma, noise=noise).sum(), x)
+    (grad,) = torch.autograd.grad(losses.SiD(1.2)(f_phi, f_psi, x, sigma, noise)["loss"].sum(), x)
     eps, fd = 1e-6, torch.zeros_like(x_g)
     for i in range(x_g.numel()):
         e = torch.zeros_like(x_g).flatten()
@@ -109,8 +114,7 @@ def test_peer_gradients_are_the_score_difference(name, normalised):
     with no gradient through the denoisers."""
     f_phi, f_psi, x_g, sigma, noise = _pair(seed=2)
     x = x_g.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(losses.generator_loss(f_phi, f_psi, x, objective=name, sigma=sigma,
-                                                        noise=noise).sum(), x)
+    (grad,) = torch.autograd.grad(losses.generator_objective(name)(f_phi, f_psi, x, sigma, noise)["loss"].sum(), x)
     s = sigma.reshape(-1, 1, 1, 1)
     y_r, y_f = f_phi(x_g + s * noise, s), f_psi(x_g + s * noise, s)
     expected = y_f - y_r
@@ -122,6 +126,8 @@ def test_peer_gradients_are_the_score_difference(name, normalised):
 def test_every_objective_runs_on_images_and_points():
     for shape in [(5, 2), (2, 3, 4, 4)]:
         x_g = torch.randn(shape)
-        for name in losses.OBJECTIVES:
-            out = losses.generator_loss(lambda x, s: 0.5 * x, lambda x, s: 0.4 * x, x_g, objective=name)
-            assert out.shape == (shape[0],) and torch.isfinite(out).all()
+        for name, objective in losses.GENERATOR_OBJECTIVES.items():
+            if objective.needs_logits:
+                continue
+            terms = losses.generator_objective(name)(lambda x, s: 0.5 * x, lambda x, s: 0.4 * x, x_g)
+            assert all(t.shape == (shape[0],) and torch.isfinite(t).all() for t in terms.values())

@@ -10,9 +10,12 @@ import pytest
 import torch
 
 from full import metrics
-from full.checkpoint import load_network, save_network
-from full.dataset import write_dataset
-from full.presets import SiDConfig
+from full.eval import fid
+from full.eval.detectors import MetricsError
+from full.eval.measure import generator_fid
+from full.store.network_file import load_network, save_network
+from full.store.dataset_zip import write_dataset
+from full.method.presets import SiDConfig
 from full.train_teacher import TeacherConfig, build_teacher
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
@@ -36,7 +39,7 @@ def test_frechet_diagonal_closed_form():
     mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
     a, b = rng.uniform(0.1, 3, 5), rng.uniform(0.1, 3, 5)
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-    assert metrics.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-9)
+    assert fid.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-9)
 
 
 def test_frechet_general_matches_eigen_formula():
@@ -46,25 +49,25 @@ def test_frechet_general_matches_eigen_formula():
     r = sqrt_psd(s1)
     cross = np.sqrt(np.clip(np.linalg.eigvalsh(r @ s2 @ r), 0, None)).sum()
     expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * cross
-    assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
+    assert fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
 
 
 def test_fid_of_sample_against_itself_is_zero():
     x = np.random.default_rng(2).normal(size=(500, 16))
-    stats = metrics.FeatureStats()
+    stats = fid.FeatureStats()
     stats.update(x)
     mu, sigma = stats.mean_cov()
-    assert abs(metrics.frechet_distance(mu, sigma, mu, sigma)) < 1e-8
+    assert abs(fid.frechet_distance(mu, sigma, mu, sigma)) < 1e-8
 
 
 def test_frechet_rejects_mismatched_sizes():
-    with pytest.raises(metrics.MetricsError, match="same detector"):
-        metrics.frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+    with pytest.raises(MetricsError, match="same detector"):
+        fid.frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
 
 
 def test_batched_statistics_equal_numpy_cov():
     x = np.random.default_rng(3).normal(size=(103, 7)) * 3 + 1e3  # a large offset tests the stable update
-    stats = metrics.FeatureStats()
+    stats = fid.FeatureStats()
     for chunk in np.split(x, [1, 10, 50, 51]):
         stats.update(torch.from_numpy(chunk))
     mu, sigma = stats.mean_cov()
@@ -77,17 +80,17 @@ def test_batched_statistics_equal_numpy_cov():
 
 
 def test_inception_score_known_cases():
-    assert metrics.inception_score(np.full((100, 7), 1 / 7)) == pytest.approx((1.0, 0.0))
+    assert fid.inception_score(np.full((100, 7), 1 / 7)) == pytest.approx((1.0, 0.0))
     one_hot = np.eye(5)[np.tile(np.arange(5), 20)]  # every split of 10 uses the 5 classes equally
-    assert metrics.inception_score(one_hot) == pytest.approx((5.0, 0.0))
+    assert fid.inception_score(one_hot) == pytest.approx((5.0, 0.0))
     # p(y) = (3/4, 1/4); KL = log(4/3) and log(4/3)/2; IS = exp(mean) = (4/3)^(3/4)
-    mean, std = metrics.inception_score(np.array([[1.0, 0.0], [0.5, 0.5]]), splits=1)
+    mean, std = fid.inception_score(np.array([[1.0, 0.0], [0.5, 0.5]]), splits=1)
     assert mean == pytest.approx((4 / 3) ** 0.75) and std == 0
 
 
 def test_inception_score_mean_and_population_std_over_splits():
     probs = np.concatenate([np.full((10, 5), 0.2), np.eye(5)[np.arange(10) % 5]])  # split scores 1 and 5
-    assert metrics.inception_score(probs, splits=2) == pytest.approx((3.0, 2.0))
+    assert fid.inception_score(probs, splits=2) == pytest.approx((3.0, 2.0))
 
 
 # ------------------------------------------------------------------------------------ precision / recall
@@ -95,17 +98,17 @@ def test_inception_score_mean_and_population_std_over_splits():
 
 def test_precision_recall_identical_and_disjoint():
     x = np.random.default_rng(4).normal(size=(200, 8))
-    assert metrics.precision_recall(x, x.copy(), batch=37) == (1.0, 1.0)
-    assert metrics.precision_recall(x, x + 100.0) == (0.0, 0.0)
+    assert fid.precision_recall(x, x.copy(), batch=37) == (1.0, 1.0)
+    assert fid.precision_recall(x, x + 100.0) == (0.0, 0.0)
 
 
 def test_precision_counts_fakes_inside_the_real_manifold():
     rng = np.random.default_rng(5)
     real = rng.normal(size=(300, 4))
     fake = np.concatenate([real[:100], rng.normal(size=(100, 4)) + 50])
-    precision, recall = metrics.precision_recall(real, fake, batch=64)
+    precision, recall = fid.precision_recall(real, fake, batch=64)
     assert precision == 0.5 and 0 < recall < 1
-    assert metrics.precision_recall(real, fake, batch=1000) == (precision, recall)
+    assert fid.precision_recall(real, fake, batch=1000) == (precision, recall)
 
 
 # ------------------------------------------------------------------------------------------- stats files
@@ -113,21 +116,21 @@ def test_precision_counts_fakes_inside_the_real_manifold():
 
 def test_stats_round_trip_and_errors(tmp_path):
     mu, sigma = np.arange(3.0), np.eye(3) * 2
-    metrics.save_stats(tmp_path / "ref.npz", mu, sigma)
-    loaded = metrics.load_stats(tmp_path / "ref.npz")
+    fid.save_stats(tmp_path / "ref.npz", mu, sigma)
+    loaded = fid.load_stats(tmp_path / "ref.npz")
     np.testing.assert_array_equal(loaded[0], mu)
     np.testing.assert_array_equal(loaded[1], sigma)
-    with pytest.raises(metrics.MetricsError, match="not found.*full.metrics ref"):
-        metrics.load_stats(tmp_path / "missing.npz")
+    with pytest.raises(MetricsError, match="not found.*full.metrics ref"):
+        fid.load_stats(tmp_path / "missing.npz")
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    with pytest.raises(metrics.MetricsError, match="not a readable"):
-        metrics.load_stats(tmp_path / "bad.npz")
+    with pytest.raises(MetricsError, match="not a readable"):
+        fid.load_stats(tmp_path / "bad.npz")
     np.savez(tmp_path / "keys.npz", mean=mu)
-    with pytest.raises(metrics.MetricsError, match="lacks the keys mu and sigma"):
-        metrics.load_stats(tmp_path / "keys.npz")
+    with pytest.raises(MetricsError, match="lacks the keys mu and sigma"):
+        fid.load_stats(tmp_path / "keys.npz")
     np.savez(tmp_path / "shape.npz", mu=mu, sigma=np.eye(2))
-    with pytest.raises(metrics.MetricsError, match=r"should be \[D\] and \[D, D\]"):
-        metrics.load_stats(tmp_path / "shape.npz")
+    with pytest.raises(MetricsError, match=r"should be \[D\] and \[D, D\]"):
+        fid.load_stats(tmp_path / "shape.npz")
 
 
 # ------------------------------------------------------------------------------------- CLIs end to end
@@ -184,7 +187,7 @@ def test_ref_cli_writes_stats_of_detector_features(files, ref):
     x = torch.from_numpy(files["images"]).permute(0, 3, 1, 2).repeat(1, 3, 1, 1)  # gray -> 3 channels
     with torch.no_grad():
         features = detector(x, return_features=True).double().numpy()
-    mu, sigma = metrics.load_stats(ref)
+    mu, sigma = fid.load_stats(ref)
     np.testing.assert_allclose(mu, features.mean(axis=0), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(sigma, np.cov(features, rowvar=False), rtol=1e-5, atol=1e-9)
 
@@ -215,7 +218,7 @@ def test_calc_trials_use_disjoint_seed_ranges(files, ref, capsys):
 
 def test_generator_fid_matches_calc(files, ref, capsys):
     config = SiDConfig(detector=files["detector"], metric_ref=ref, metric_num=16, batch=8)
-    fid = metrics.generator_fid(load_network(files["net"]), config)
+    fid = generator_fid(load_network(files["net"]), config)
     _, out, _ = run(capsys, "calc", "--network", files["net"], "--ref", ref, "--detector", files["detector"],
                     "--num", 16, "--json", "--no-is")
     report = json.loads(out)
@@ -248,7 +251,7 @@ def test_calc_user_errors_are_one_line(files, ref, capsys, argv, message):
 
 
 def test_ref_dimension_mismatch_is_reported(files, capsys, tmp_path):
-    metrics.save_stats(tmp_path / "ref5.npz", np.zeros(5), np.eye(5))
+    fid.save_stats(tmp_path / "ref5.npz", np.zeros(5), np.eye(5))
     code, _, err = run(capsys, "calc", "--images", files["npz"], "--num", 10, "--ref", tmp_path / "ref5.npz",
                        "--detector", files["detector"])
     assert code == 2 and "5-d statistics" in err and "6-d features" in err

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from full.dataset import convert
-from full.metrics import load_detector
+from full.eval.detectors import load_detector
 from full.mnist_classifier import ClassifierError, accuracy, load_classifier, split_indices
 
 ASSET = "assets/mnist16-classifier"
@@ -21,7 +21,7 @@ def mnist16(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def meta():
-    from full.download import fetch
+    from full.store.download import fetch
     return json.loads(fetch(ASSET + ".json").read_text())
 
 
@@ -51,7 +51,7 @@ def test_features_and_probabilities(mnist16, meta):
 
 
 def test_mismatched_or_foreign_files_are_refused(tmp_path):
-    from full.download import fetch
+    from full.store.download import fetch
     shutil.copy(fetch(ASSET + ".safetensors"), tmp_path / "c.safetensors")
     meta = json.loads(fetch(ASSET + ".json").read_text())
     (tmp_path / "c.json").write_text(json.dumps({**meta, "weights_id": "other"}))

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from full.networks import (ARCHITECTURES, Conv2d, DhariwalUNet, FourierEmbedding, GroupNorm, PositionalEmbedding,
+from full.nets.edm import (ARCHITECTURES, Conv2d, DhariwalUNet, FourierEmbedding, GroupNorm, PositionalEmbedding,
                            SongUNet, UNetBlock)
-from full.precond import PRECONDITIONERS, EDMPrecond, VEPrecond, VPPrecond, iDDPMPrecond
+from full.nets.precond import PRECONDITIONERS, EDMPrecond, VEPrecond, VPPrecond, iDDPMPrecond
 
 # ---------------------------------------------------------------------------------------------------
 # Expected state_dict (key, shape) lists, derived from the architecture rules in EDM_FACTS sections 1-3.

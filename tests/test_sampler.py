@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from full.sampler import SAMPLER_PRESETS, edm_sampler, karras_schedule
+from full.eval.sampler import SAMPLER_PRESETS, edm_sampler, karras_schedule
 
 
 class GaussianDenoiser:
@@ -70,7 +70,7 @@ def test_stochastic_sampler_recovers_gaussian():
     churn = dict(dataclasses.asdict(SAMPLER_PRESETS["imagenet64"]), S_noise=1.0)  # S_noise > 1 deliberately adds variance
 
     def sample():
-        return edm_sampler(GaussianDenoiser(M, S), LATENTS, generator=torch.Generator().manual_seed(2), **churn)
+        return edm_sampler(GaussianDenoiser(M, S), LATENTS, rng=torch.Generator().manual_seed(2), **churn)
 
     x = sample()
     _check_gaussian(x, M, S)

@@ -54,7 +54,7 @@ def test_distill_writes_records(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [(["distill", "--loss", "l3", "--steps", "1"], "unknown loss"),
-                                            (["prop4", "--sigma", "0"], "--sigma must be positive")])
+                                            (["prop4", "--sigma", "0"], "--sigma 0.0: must be a finite number > 0")])
 def test_bad_input_is_one_line(args, message):
     out = toy(*args)
     assert out.returncode == 2 and "Traceback" not in out.stderr

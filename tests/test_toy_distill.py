@@ -42,7 +42,7 @@ def test_mlp_sid_reduces_energy_distance_on_8_gaussians():
 
 
 @pytest.mark.parametrize("bad, message", [({"loss": "l3"}, "unknown loss"), ({"generator": "gan"}, "unknown generator"),
-                                          ({"target": "moons"}, "unknown target"), ({"steps": 0}, "must be positive")])
+                                          ({"target": "moons"}, "unknown target"), ({"steps": 0}, "--steps 0: must be a number >= 1")])
 def test_bad_config(bad, message):
     with pytest.raises(ValueError, match=message):
         ToyDistillation(ToyConfig(**bad))

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from full import distributed
-from full.checkpoint import load_network, save_network
-from full.presets import PRESETS, SiDConfig
-from full.sid import SiDTrainer
+from full.store.network_file import load_network, save_network
+from full.method.presets import PRESETS, SiDConfig
+from full.method.sid import SiDTrainer
 from full.train_teacher import TeacherConfig, build_teacher
 
 CPU = distributed.Ranks(0, 1, torch.device("cpu"))
@@ -72,15 +72,15 @@ def test_iteration_runs_fake_then_generator_then_ema(monkeypatch):
 def test_generator_gradient_through_denoiser_inputs_matches_finite_differences():
     """Directional derivatives of the SiD loss through tiny EDM networks (which compute in fp32):
     autograd against central differences, and against the gradient with the denoisers held fixed."""
-    from full.losses import generator_loss, sid_loss, sid_normaliser
+    from full.method.losses import SiD, Denoised, sid_normaliser
     f_phi, f_psi = tiny_teacher(seed=1), tiny_teacher(seed=2)
     x_g = torch.randn(2, 1, 8, 8)
     sigma, noise = torch.tensor([0.7, 1.5]), torch.randn_like(x_g)
     x = x_g.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(generator_loss(f_phi, f_psi, x, sigma=sigma, noise=noise).sum(), x)
+    (grad,) = torch.autograd.grad(SiD(1.2)(f_phi, f_psi, x, sigma, noise)["loss"].sum(), x)
     s = sigma.reshape(-1, 1, 1, 1)
     w = sid_normaliser(x_g, f_phi(x_g + s * noise, s))
-    loss = lambda v: (sid_loss(f_phi(v + s * noise, s), f_psi(v + s * noise, s), v, 1.2) / w).sum().double()
+    loss = lambda v: (SiD(1.2).terms(Denoised(v, f_phi(v + s * noise, s), f_psi(v + s * noise, s)))["loss"] / w).sum().double()
     y_r, y_f = f_phi(x_g + s * noise, s), f_psi(x_g + s * noise, s)
     outputs_fixed = ((y_r - y_f) * (-1) / w.reshape(-1, 1, 1, 1))  # d/dx_g with y_r, y_f held fixed
     for seed in range(3):
@@ -92,10 +92,10 @@ def test_generator_gradient_through_denoiser_inputs_matches_finite_differences()
 
 
 def test_toy_and_full_share_the_loss_function():
-    import full.sid
+    import full.method.sid
     import toy.distill
-    assert full.sid.generator_loss is toy.distill.generator_loss
-    assert full.sid.denoising_loss is toy.distill.denoising_loss
+    assert full.method.sid.generator_objective is toy.distill.generator_objective
+    assert full.method.sid.DenoisingLoss is toy.distill.DenoisingLoss
 
 
 def test_nan_samples_are_dropped_and_counted():
@@ -110,7 +110,7 @@ def test_nan_samples_are_dropped_and_counted():
 
 
 def test_ema_follows_the_ramp():
-    from full.sid import ema_beta
+    from full.method.ema import ema_beta
     assert ema_beta(256, 0, 0.5) == 0.0
     assert ema_beta(256, 10_000, 0.5) == pytest.approx(0.5 ** (256 / 500))
     assert ema_beta(256, 10 ** 9, 0.5) == pytest.approx(0.5 ** (256 / 5e5))
@@ -157,8 +157,8 @@ def test_final_snapshot_is_G_ema_and_describes_the_generator(teacher_file, tmp_p
     # The grid shows the snapshot's samples for seeds 0..3, each 8x8 image enlarged 8 times to 64x64.
     from PIL import Image
 
-    from full.generate import sample_images
-    from full.images import to_uint8
+    from full.eval.sampling import sample_images
+    from full.eval.images import to_uint8
     shown = np.asarray(Image.open(tmp_path / "grid-000000.008.png"))
     expected = to_uint8(sample_images(snapshot, [0, 1, 2, 3]))[..., 0]
     assert shown.shape == (128, 128)
@@ -244,7 +244,7 @@ def test_bad_inputs_fail_with_one_line(teacher_file, tmp_path):
 
 @pytest.mark.slow
 def test_real_size_cifar10_ddpmpp_completes_one_iteration():
-    from full.checkpoint import build_network
+    from full.store.network_file import build_network
     net = build_network("EDMPrecond", img_resolution=32, img_channels=3, label_dim=0, model_type="SongUNet",
                         embedding_type="positional", encoder_type="standard", decoder_type="standard",
                         channel_mult_noise=1, resample_filter=[1, 1], model_channels=128, channel_mult=[2, 2, 2],

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from full.cli import ArgumentParser, USER_ERRORS, report_error
+from full.errors import ConfigError
 from full.options import add_options, overrides
 
 
@@ -21,7 +22,7 @@ def cmd_prop4(args) -> int:
     from toy.montecarlo import prop4_gradients_mc
     from toy.proofs import prop4_gradients
     if args.sigma <= 0:
-        raise ValueError("--sigma must be positive")
+        raise ConfigError(f"--sigma {args.sigma}: must be a finite number > 0")
     closed = prop4_gradients(args.theta, args.sigma, args.alpha)
     mc = prop4_gradients_mc(args.theta, args.sigma, args.alpha, n=args.samples, seed=args.seed)
     result = {name: {"closed_form": closed[name], "monte_carlo": mc[name][0], "stderr": mc[name][1]}
@@ -65,7 +66,7 @@ def cmd_bench(args) -> int:
     from toy.bench import SETTINGS, bench, format_results, plot
     unknown = set(args.settings) - set(SETTINGS)
     if unknown:
-        raise ValueError(f"unknown setting(s) {', '.join(sorted(unknown))}; choose from {', '.join(SETTINGS)}")
+        raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}; choose from {', '.join(SETTINGS)}")
     report = None if args.json else (lambda setting, method: print(f"  done: {setting} / {method}", file=sys.stderr))
     results = bench(args.settings, args.seeds, args.steps, progress=report)
     if args.plot:

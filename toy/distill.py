@@ -16,42 +16,43 @@ from typing import Iterator
 
 import torch
 
-from full.losses import OBJECTIVES, denoising_loss, generator_loss
-from full.options import option
+from full.errors import ConfigError
+from full.method.losses import GENERATOR_OBJECTIVES, DenoisingLoss, generator_objective
+from full.options import AT_LEAST_ONE, NONNEGATIVE, Range, check_fields, option
 from toy.families import Gaussian, gaussian_kl
 from toy.metrics import energy_distance, target_nll
 from toy.models import GENERATORS, MLPDenoiser
 from toy.targets import make_target
+
+TOY_LOSSES = [name for name in GENERATOR_OBJECTIVES if not GENERATOR_OBJECTIVES[name].needs_logits]
 
 
 @dataclass
 class ToyConfig:
     target: str = option("8gaussians", "name in toy.targets.TARGETS")
     generator: str = option("mlp", "'affine' (exact fake score) or 'mlp' (fitted fake score)")
-    loss: str = option("sid", "one of full.losses.OBJECTIVES: sid, naive, projected, diff_instruct, dmd")
-    alpha: float = option(1.2, "SiD's alpha in L2 - alpha * L1")
-    steps: int = option(2000, "generator updates")
-    batch: int = option(512, "samples per update")
-    lr: float = option(1e-3, "Adam learning rate of G")
-    g_beta1: float = option(0.0, "Adam beta1 of G (SiD uses 0)")
-    fake_lr: float = option(1e-3, "Adam learning rate of f_psi (MLP generator only)")
-    fake_steps: int = option(5, "f_psi updates per G update (k)")
-    fake_warmup: int = option(200, "f_psi updates before the first G update")
-    t_max: float = option(800, "generator-step noise range: t ~ U[0, t_max/1000]")
-    hidden: int = option(128, "MLP width (generator and f_psi)")
+    loss: str = option("sid", "generator objective: " + ", ".join(TOY_LOSSES))
+    alpha: float = option(1.2, "SiD's alpha in L2 - alpha * L1", Range(-10, 10))
+    steps: int = option(2000, "generator updates", AT_LEAST_ONE)
+    batch: int = option(512, "samples per update", AT_LEAST_ONE)
+    lr: float = option(1e-3, "Adam learning rate of G", NONNEGATIVE)
+    g_beta1: float = option(0.0, "Adam beta1 of G (SiD uses 0)", Range(0, 1, high_open=True))
+    fake_lr: float = option(1e-3, "Adam learning rate of f_psi (MLP generator only)", NONNEGATIVE)
+    fake_steps: int = option(5, "f_psi updates per G update (k)", AT_LEAST_ONE)
+    fake_warmup: int = option(200, "f_psi updates before the first G update", NONNEGATIVE)
+    t_max: float = option(800, "generator-step noise range: t ~ U[0, t_max/1000]", Range(0, 1000))
+    hidden: int = option(128, "MLP width (generator and f_psi)", AT_LEAST_ONE)
     seed: int = option(0, "seeds initialisation, training noise and evaluation sets")
-    eval_every: int = option(50, "steps between distance evaluations (and the last step)")
-    eval_samples: int = option(2000, "samples used by the distances")
+    eval_every: int = option(50, "steps between distance evaluations (and the last step)", AT_LEAST_ONE)
+    eval_samples: int = option(2000, "samples used by the distances", Range(2))
 
     def validate(self) -> None:
         make_target(self.target)
         if self.generator not in GENERATORS:
-            raise ValueError(f"unknown generator {self.generator!r}; choose one of: {', '.join(GENERATORS)}")
-        if self.loss not in OBJECTIVES:
-            raise ValueError(f"unknown loss {self.loss!r}; choose one of: {', '.join(OBJECTIVES)}")
-        for name in ("steps", "batch", "eval_every", "eval_samples", "hidden"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            raise ConfigError(f"unknown generator {self.generator!r}; choose one of: {', '.join(GENERATORS)}")
+        if self.loss not in TOY_LOSSES:
+            raise ConfigError(f"unknown loss {self.loss!r}; choose one of: {', '.join(TOY_LOSSES)}")
+        check_fields(self)
 
 
 @dataclass
@@ -86,10 +87,11 @@ class ToyDistillation:
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=(config.g_beta1, 0.999))
         self.opt_psi = None if self.exact_fake else torch.optim.Adam(self.f_psi_net.parameters(), lr=config.fake_lr,
                                                                      betas=(0.0, 0.999))
+        self.objective = generator_objective(config.loss, alpha=config.alpha)
         self.rng = torch.Generator().manual_seed(config.seed + 1)
         eval_rng = torch.Generator().manual_seed(10_000 + config.seed)
         self.eval_z = torch.randn(config.eval_samples, dim, generator=eval_rng)
-        self.eval_target = self.target.sample(config.eval_samples, generator=eval_rng)
+        self.eval_target = self.target.sample(config.eval_samples, rng=eval_rng)
 
     def f_psi(self) -> torch.nn.Module:
         """The current fake score: exact N(b, A A^T) for the affine generator, else the fitted MLP."""
@@ -110,7 +112,7 @@ class ToyDistillation:
     def _fake_step(self) -> float:
         with torch.no_grad():
             x_g = self.G(self._noise())
-        loss = denoising_loss(self.f_psi_net, x_g, sigma_data=self.sigma_data, generator=self.rng).mean()
+        loss = DenoisingLoss(sigma_data=self.sigma_data)(self.f_psi_net, x_g, rng=self.rng)["loss"].mean()
         self.opt_psi.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_psi.step()
@@ -119,8 +121,8 @@ class ToyDistillation:
     def _generator_step(self) -> float:
         f_psi = self.f_psi()
         f_psi.requires_grad_(False)
-        loss = generator_loss(self.target, f_psi, self.G(self._noise()), alpha=self.config.alpha,
-                              t_max=self.config.t_max, objective=self.config.loss, generator=self.rng).mean()
+        loss = self.objective(self.target, f_psi, self.G(self._noise()), t_max=self.config.t_max,
+                              rng=self.rng)["loss"].mean()
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_G.step()

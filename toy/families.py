@@ -78,17 +78,17 @@ class GaussianMixture(nn.Module):
         component_means = self.means + self.a * (self.covs @ solved.unsqueeze(-1)).squeeze(-1)
         return (log_joint.softmax(-1).unsqueeze(-1) * component_means).sum(1)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, n: int, rng: torch.Generator | None = None) -> torch.Tensor:
         """n exact draws of x_0, ``[n, d]``."""
-        k = torch.multinomial(self.weights.detach(), n, replacement=True, generator=generator)
-        z = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype)
+        k = torch.multinomial(self.weights.detach(), n, replacement=True, generator=rng)
+        z = torch.randn(n, self.dim, generator=rng, dtype=self.means.dtype)
         L = torch.linalg.cholesky(self.covs)
         return self.means[k] + (L[k] @ z.unsqueeze(-1)).squeeze(-1)
 
-    def sample_noisy(self, n: int, sigma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_noisy(self, n: int, sigma: float, rng: torch.Generator | None = None) -> torch.Tensor:
         """n draws of x_t = a x_0 + sigma eps."""
-        x0 = self.sample(n, generator)
-        return self.a * x0 + sigma * torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+        x0 = self.sample(n, rng)
+        return self.a * x0 + sigma * torch.randn(x0.shape, generator=rng, dtype=x0.dtype)
 
     def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Overall mean ``[d]`` and covariance ``[d, d]`` of x_0."""

@@ -1,7 +1,7 @@
 """Monte Carlo counterparts of the symbolic identities, computed with sampling and autograd.
 
 Each check samples from an exact family, evaluates the quantity with torch (scores by autograd,
-losses through `full.losses`), and compares it with an independent closed form. A check passes
+losses through `full.method.losses`), and compares it with an independent closed form. A check passes
 when the estimate lies within `tolerance` standard errors of the closed form.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from full.losses import naive_loss, projected_loss, sid_loss
+from full.method.losses import Denoised, generator_objective
 from toy.families import Gaussian, GaussianMixture
 
 TOLERANCE = 4.0  # standard errors
@@ -115,11 +115,11 @@ def projected_score_matching_check(teacher: Gaussian, generator: Gaussian, sigma
                    gaussian_fisher_divergence(*noisy))
 
 
-PROP4_OBJECTIVES = {  # name -> (per-sample loss on (y_phi, y_psi, x_g, alpha), is psi = psi*(theta) differentiated)
-    "naive": (lambda y_phi, y_psi, x_g, alpha: naive_loss(y_phi, y_psi, x_g), False),
-    "projected": (lambda y_phi, y_psi, x_g, alpha: projected_loss(y_phi, y_psi, x_g), False),
-    "sid": (sid_loss, False),
-    "true": (lambda y_phi, y_psi, x_g, alpha: naive_loss(y_phi, y_psi, x_g), True),
+PROP4_OBJECTIVES = {  # name -> (generator objective, whether psi = psi*(theta) is differentiated)
+    "naive": ("naive", False),
+    "projected": ("projected", False),
+    "sid": ("sid", False),
+    "true": ("naive", True),
 }
 
 
@@ -138,12 +138,13 @@ def prop4_gradients_mc(theta: float, sigma: float, alpha: float, n: int = 200_00
     for _ in range(chunks):
         z = torch.randn(n // chunks, 1, generator=rng, dtype=torch.float64)
         eps = torch.randn(n // chunks, 1, generator=rng, dtype=torch.float64)
-        for name, (loss_fn, psi_tracks_theta) in PROP4_OBJECTIVES.items():
+        for name, (objective, psi_tracks_theta) in PROP4_OBJECTIVES.items():
+            terms = generator_objective(objective, alpha=alpha).terms
             th = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
             psi = th if psi_tracks_theta else th.detach()
             f_psi = Gaussian(psi.reshape(1), torch.ones(1, 1, dtype=torch.float64))
             x_g = th + z
             x_t = x_g + sigma * eps
-            loss = loss_fn(f_phi(x_t, sigma), f_psi(x_t, sigma), x_g, alpha).mean()
+            loss = terms(Denoised(x_g, f_phi(x_t, sigma), f_psi(x_t, sigma)))["loss"].mean()
             grads[name].append(torch.autograd.grad(loss, th)[0])
     return {name: _mean_and_stderr(torch.stack(values)) for name, values in grads.items()}

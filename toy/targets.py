@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from full.errors import ConfigError
+
 from toy.families import Gaussian, GaussianMixture
 
 
@@ -33,7 +35,7 @@ TARGETS = {
 
 
 def make_target(name: str) -> GaussianMixture:
-    """Build a named target; unknown names raise ValueError listing the known ones."""
+    """Build a named target; unknown names raise `ConfigError` listing the known ones."""
     if name not in TARGETS:
-        raise ValueError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}")
+        raise ConfigError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}")
     return TARGETS[name]()

@@ -62,8 +62,8 @@ if teacher_path.is_file() and generator_path.is_file():
     n = st.slider("Images (the same seeds for both)", 8, 64, 32, 8)
     teacher_steps = st.slider("Teacher Heun steps (NFE = 2N - 1)", 1, 40, 18)
     if st.button("Generate"):
-        from full.generate import sample_images
-        from full.images import grid, to_uint8
+        from full.eval.sampling import sample_images
+        from full.eval.images import grid, to_uint8
         seeds = list(range(n))
         for col, (label, path, steps) in zip(st.columns(2), [("SiD one step", generator_path, None),
                                                               (f"teacher, {2 * teacher_steps - 1} NFE", teacher_path,

@@ -5,8 +5,7 @@ import streamlit as st
 import torch
 
 from apps.common import setup, show
-from full.losses import OBJECTIVES
-from toy.distill import ToyConfig, ToyDistillation
+from toy.distill import TOY_LOSSES, ToyConfig, ToyDistillation
 
 setup()
 st.title("Toy distillation, live")
@@ -16,7 +15,7 @@ st.markdown("The teacher is the exact mixture denoiser. Arrows show the teacher 
 with st.sidebar:
     target = st.selectbox("Target", ["8gaussians", "overlap2d", "gaussian2d"])
     generator = st.selectbox("Generator", ["mlp", "affine"])
-    loss = st.selectbox("Loss", list(OBJECTIVES))
+    loss = st.selectbox("Loss", TOY_LOSSES)
     alpha = st.slider("alpha (SiD only)", 0.0, 2.0, 1.0, 0.1)
     lr = st.select_slider("Learning rate of G", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], value=1e-3)
     steps = st.number_input("Generator steps", 10, 5000, 600, 10)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from full.options import option
+from full.errors import ConfigError
+from full.method.generator import SIGMA_INIT
+from full.options import AT_LEAST_ONE, NONNEGATIVE, POSITIVE, PROBABILITY, Choices, Range, check_fields, option
 
 EDM_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -14,58 +16,51 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 class SiDConfig:
     # Teacher and generator
     teacher: str = option("", "teacher network: EDM .pkl, or our .safetensors/.json (path)")
-    resolution: int | None = option(None, "expected teacher resolution (checked; None = any)")
-    label_dim: int | None = option(None, "expected teacher label count, 0 = unconditional (checked; None = any)")
-    sigma_init: float = option(2.5, "generator noise level: x_g = G(sigma_init z, sigma_init)")
+    resolution: int | None = option(None, "expected teacher resolution (checked; None = any)", AT_LEAST_ONE)
+    label_dim: int | None = option(None, "expected teacher label count, 0 = unconditional (checked; None = any)",
+                                   NONNEGATIVE)
+    sigma_init: float = option(SIGMA_INIT, "generator noise level: x_g = G(sigma_init z, sigma_init)", POSITIVE)
     # SiD objective
     alpha: float = option(1.2, "alpha in the generator loss L2 - alpha L1")
-    t_max: float = option(800, "generator-step noise range t ~ U[0, t_max/1000] (Karras schedule)")
+    t_max: float = option(800, "generator-step noise range t ~ U[0, t_max/1000] (Karras schedule)", Range(0, 1000))
     # Optimisation
-    batch: int = option(256, "images per iteration, over all ranks")
-    batch_gpu: int | None = option(None, "images per rank per pass (gradient accumulation if smaller); None = all")
-    lr: float = option(1e-5, "Adam learning rate of f_psi")
-    glr: float = option(1e-5, "Adam learning rate of G")
-    g_beta1: float = option(0.0, "Adam beta1 of G (f_psi uses beta1 = 0)")
-    adam_eps: float = option(1e-8, "Adam epsilon of both optimisers")
-    ls: float = option(1.0, "loss scale of the f_psi loss: sum over pixels * ls / batch")
-    lsg: float = option(100.0, "loss scale of the G loss: sum over pixels * lsg / batch")
-    dropout: float = option(0.13, "dropout probability in G and f_psi")
-    augment: float = option(0.0, "probability of ADA-style augmentation in the f_psi step (0 = off)")
-    ema: float = option(0.5, "half-life of the EMA of G in Mimg (ramped up as 0.05 * images seen)")
-    duration: float = option(500.0, "training length in Mimg")
+    batch: int = option(256, "images per iteration, over all ranks", AT_LEAST_ONE)
+    batch_gpu: int | None = option(None, "images per rank per pass (gradient accumulation if smaller); None = all",
+                                   AT_LEAST_ONE)
+    lr: float = option(1e-5, "Adam learning rate of f_psi", NONNEGATIVE)
+    glr: float = option(1e-5, "Adam learning rate of G", NONNEGATIVE)
+    g_beta1: float = option(0.0, "Adam beta1 of G (f_psi uses beta1 = 0)", Range(0, 1, high_open=True))
+    adam_eps: float = option(1e-8, "Adam epsilon of both optimisers", POSITIVE)
+    ls: float = option(1.0, "loss scale of the f_psi loss: sum over pixels * ls / batch", POSITIVE)
+    lsg: float = option(100.0, "loss scale of the G loss: sum over pixels * lsg / batch", POSITIVE)
+    dropout: float = option(0.13, "dropout probability in G and f_psi", Range(0, 1, high_open=True))
+    augment: float = option(0.0, "probability of ADA-style augmentation in the f_psi step (0 = off)", PROBABILITY)
+    ema: float = option(0.5, "half-life of the EMA of G in Mimg (ramped up as 0.05 * images seen)", NONNEGATIVE)
+    duration: float = option(500.0, "training length in Mimg", POSITIVE)
     # Precision and memory
-    precision: str = option("auto", "fp32, bf16, fp16 (dynamic loss scaling) or auto (bf16 on capable GPUs, else fp32)")
+    precision: str = option("auto", "fp32, bf16, fp16 (dynamic loss scaling) or auto (bf16 on capable GPUs, else fp32)",
+                            Choices(PRECISIONS))
     checkpointing: bool = option(False, "activation checkpointing through f_phi and f_psi in the G step")
     # Bookkeeping
-    tick: float = option(10.0, "kimg between log lines")
-    snap: int = option(50, "ticks between G_ema snapshots and sample grids")
-    state_every: int = option(50, "ticks between training states (also at the end and on Ctrl-C)")
-    keep: int = option(3, "training states to keep")
-    grid: int = option(64, "images in the sample grid (fixed seeds 0..grid-1)")
-    metric_every: int = option(0, "ticks between FID evaluations (0 = never)")
+    tick: float = option(10.0, "kimg between log lines", POSITIVE)
+    snap: int = option(50, "ticks between G_ema snapshots and sample grids", AT_LEAST_ONE)
+    state_every: int = option(50, "ticks between training states (also at the end and on Ctrl-C)", AT_LEAST_ONE)
+    keep: int = option(3, "training states to keep", AT_LEAST_ONE)
+    grid: int = option(64, "images in the sample grid (fixed seeds 0..grid-1)", Range(1, 1024))
+    metric_every: int = option(0, "ticks between FID evaluations (0 = never)", NONNEGATIVE)
     metric_ref: str = option("", "reference statistics .npz for FID during training")
-    metric_num: int = option(10000, "images per FID evaluation during training")
+    metric_num: int = option(10000, "images per FID evaluation during training", Range(2))
     detector: str = option("", "feature network for FID during training (path)")
     seed: int = option(0, "global seed: all noise is a function of (seed, iteration, chunk)")
     labels_from: str = option("", "draw class labels from this dataset zip instead of uniformly")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    threads: int = option(0, "CPU threads (0 = torch default)")
+    threads: int = option(0, "CPU threads (0 = torch default)", NONNEGATIVE)
 
     def validate(self) -> "SiDConfig":
-        """Raise ValueError with one line for values that cannot work."""
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        for name in ("batch", "duration", "tick", "snap", "state_every", "keep", "grid", "sigma_init"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.batch_gpu is not None and self.batch_gpu <= 0:
-            raise ValueError(f"--batch-gpu must be positive, got {self.batch_gpu}")
-        if not 0 <= self.t_max <= 1000:
-            raise ValueError(f"--t-max must lie in [0, 1000], got {self.t_max}")
-        if not 0 <= self.augment <= 1 or not 0 <= self.dropout < 1:
-            raise ValueError("--augment must lie in [0, 1] and --dropout in [0, 1)")
+        """Raise `ConfigError` with one line for values that cannot work."""
+        check_fields(self)
         if self.metric_every and not (self.metric_ref and self.detector):
-            raise ValueError("--metric-every needs --metric-ref REF.npz and --detector PATH")
+            raise ConfigError("--metric-every needs --metric-ref REF.npz and --detector PATH")
         return self
 
 
@@ -98,11 +93,11 @@ PRESETS: dict[str, dict] = {
 
 
 def resolve(preset: str | None, overrides: dict) -> SiDConfig:
-    """Preset row (if any) with command-line overrides on top; unknown names raise ValueError."""
+    """Preset row (if any) with command-line overrides on top; unknown names raise `ConfigError`."""
     fields = {f.name for f in dataclasses.fields(SiDConfig)}
     if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     unknown = set(overrides) - fields
     if unknown:
-        raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        raise ConfigError(f"unknown config field(s): {', '.join(sorted(unknown))}")
     return SiDConfig(**{**(PRESETS[preset] if preset else {}), **overrides}).validate()

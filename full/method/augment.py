@@ -34,23 +34,23 @@ def _scaling(sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack([sx, zero], -1), torch.stack([zero, sy], -1)], -2)
 
 
-def augment(images: torch.Tensor, p: float, generator: torch.Generator | None = None
+def augment(images: torch.Tensor, p: float, rng: torch.Generator | None = None
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment NCHW images with probability multiplier p; returns (images, augment_labels [N, 9])."""
     n, _, h, w = images.shape
     dev = images.device
 
     def rand(*shape):
-        return torch.rand(shape, generator=generator, device=dev)
+        return torch.rand(shape, generator=rng, device=dev)
 
     def randn(*shape):
-        return torch.randn(shape, generator=generator, device=dev)
+        return torch.randn(shape, generator=rng, device=dev)
 
     def gate(values, multiplier):
         return torch.where(rand(n) < multiplier * p, values, torch.zeros_like(values))
 
-    xflip = gate(torch.randint(2, (n,), generator=generator, device=dev).float(), 1e8)
-    yflip = gate(torch.randint(2, (n,), generator=generator, device=dev).float(), 1.0)
+    xflip = gate(torch.randint(2, (n,), generator=rng, device=dev).float(), 1e8)
+    yflip = gate(torch.randint(2, (n,), generator=rng, device=dev).float(), 1.0)
     scale = gate(randn(n), 1.0)
     rotation = gate((rand(n) * 2 - 1) * math.pi, 1.0)
     aniso = gate(randn(n), 1.0)

@@ -1,7 +1,6 @@
 """EDM's sampler (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models").
 
-`karras_schedule` is Eq. 5, sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho
-for i < N, followed by sigma_N = 0. `edm_sampler` is Algorithm 2: Heun's 2nd-order method on the
+`karras_schedule` is Eq. 5 (`full.method.losses.karras_ramp` at u = i/(N-1)) for i < N, followed by sigma_N = 0. `edm_sampler` is Algorithm 2: Heun's 2nd-order method on the
 probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma, with an Euler last step (NFE = 2N - 1),
 and optional stochastic "churn" that raises sigma_i to sigma_hat = sigma_i (1 + gamma_i) with fresh noise,
 gamma_i = min(S_churn / N, sqrt(2) - 1) for S_min <= sigma_i <= S_max. Arithmetic is in float64.
@@ -12,6 +11,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from full.errors import ConfigError
+from full.method.losses import karras_ramp
 
 
 @dataclass(frozen=True)
@@ -43,23 +45,21 @@ SAMPLER_PRESETS = {
 def karras_schedule(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> torch.Tensor:
     """The N+1 noise levels of Karras et al. (2022) Eq. 5 in float64: N decreasing sigmas, then 0."""
     if num_steps < 1:
-        raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+        raise ConfigError(f"the sampler needs at least 1 step, got {num_steps}")
     ramp = torch.arange(num_steps, dtype=torch.float64) / max(num_steps - 1, 1)
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    sigmas = (hi + ramp * (lo - hi)) ** rho
-    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+    return torch.cat([karras_ramp(ramp, sigma_min, sigma_max, rho), torch.zeros(1, dtype=torch.float64)])
 
 
 @torch.no_grad()
 def edm_sampler(net, latents: torch.Tensor, class_labels: torch.Tensor | None = None, num_steps: int = 18,
                 sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, S_churn: float = 0.0,
                 S_min: float = 0.0, S_max: float = math.inf, S_noise: float = 1.0,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                rng: torch.Generator | None = None) -> torch.Tensor:
     """Karras et al. (2022) Algorithm 2 from ``x_0 = sigma_0 * latents``; returns float64 samples.
 
     ``net(x, sigma, class_labels)`` is a denoiser D(x; sigma) called with a 0-d float64 sigma. The range
     is clipped to ``net.sigma_min``/``net.sigma_max`` and sigmas snapped with ``net.round_sigma`` when the
-    network has them. Churn noise is drawn from ``generator`` (the global RNG if None); with
+    network has them. Churn noise is drawn from ``rng`` (the global RNG if None); with
     ``S_churn = 0`` the sampler is deterministic.
     """
     sigma_min = max(sigma_min, getattr(net, "sigma_min", sigma_min))
@@ -74,7 +74,7 @@ def edm_sampler(net, latents: torch.Tensor, class_labels: torch.Tensor | None = 
         gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= s_cur <= S_max else 0.0
         s_hat = round_sigma(s_cur + gamma * s_cur)
         if gamma > 0:
-            noise = torch.randn(x_cur.shape, generator=generator, dtype=x_cur.dtype, device=x_cur.device)
+            noise = torch.randn(x_cur.shape, generator=rng, dtype=x_cur.dtype, device=x_cur.device)
             x_cur = x_cur + (s_hat ** 2 - s_cur ** 2).sqrt() * S_noise * noise
         d_cur = (x_cur - net(x_cur, s_hat, class_labels).to(torch.float64)) / s_hat
         x_next = x_cur + (s_next - s_hat) * d_cur

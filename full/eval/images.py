@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from full.atomic import atomic_write
+from full.store.atomic import atomic_write
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

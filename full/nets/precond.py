@@ -7,7 +7,7 @@ Karras et al. (2022), "Elucidating the Design Space of Diffusion-Based Generativ
 with the four choices of Table 1 (VP, VE, iDDPM and EDM). Each class overrides `coefficients`; the
 call is shared. Constructor signatures and defaults equal EDM's, because official checkpoints record
 only the keyword arguments that were passed. The inner U-Net is ``self.model`` (keys ``model.*``),
-chosen from `full.networks.ARCHITECTURES`.
+chosen from `full.nets.edm.ARCHITECTURES`.
 
 Precision: inputs, sigma and the output are fp32. The U-Net runs in reduced precision only on CUDA,
 when ``use_fp16`` (float16) or the keyword-only ``use_bf16`` (bfloat16) is set and ``force_fp32`` is
@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from full.networks import ARCHITECTURES
+from full.nets.edm import ARCHITECTURES
 
 Coefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 

@@ -23,18 +23,14 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from full import distributed
-from full.augment import augment
-from full.losses import denoising_loss, generator_loss
-from full.presets import SiDConfig
+from full.method.augment import augment
+from full.method.ema import ema_beta, ema_update
+from full.method.generator import one_step
+from full.method.losses import DenoisingLoss, generator_objective
+from full.errors import ConfigError
+from full.method.presets import SiDConfig
 
 PHASES = {"fake": 1, "generator": 2, "grid": 3}
-
-
-def ema_beta(batch: int, cur_nimg: int, ema_Mimg: float) -> float:
-    """EMA decay with ramp-up (EDM/SiD training loops): half-life min(ema * 1e6, 0.05 cur_nimg) images,
-    beta = 0.5^(batch / half-life); beta = 0 at the start."""
-    halflife = min(ema_Mimg * 1e6, cur_nimg * 0.05)
-    return 0.5 ** (batch / max(halflife, 1e-8))
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -65,7 +61,7 @@ class SiDTrainer:
     def __init__(self, config: SiDConfig, teacher: torch.nn.Module, ranks: distributed.Ranks):
         batch_gpu = config.batch_gpu or config.batch // ranks.world
         if config.batch % (batch_gpu * ranks.world) != 0:
-            raise ValueError(f"batch {config.batch} is not a multiple of batch_gpu {batch_gpu} x {ranks.world} "
+            raise ConfigError(f"batch {config.batch} is not a multiple of batch_gpu {batch_gpu} x {ranks.world} "
                              f"rank(s); choose --batch-gpu that divides batch / ranks")
         self.config, self.ranks, self.device = config, ranks, ranks.device
         self.batch_gpu, self.rounds = batch_gpu, config.batch // (batch_gpu * ranks.world)
@@ -86,6 +82,7 @@ class SiDTrainer:
         self.iteration, self.nimg = 0, 0
         self.img_shape = (teacher.img_channels, teacher.img_resolution, teacher.img_resolution)
         self.label_dim = teacher.label_dim
+        self.objective = generator_objective("sid", alpha=config.alpha)
         self.label_source = None  # optional callable(n, generator) -> one-hot labels (--labels-from)
 
     # ------------------------------------------------------------------ sampling
@@ -95,20 +92,19 @@ class SiDTrainer:
         seed = (((self.config.seed * 1_000_003 + it) * 7 + PHASES[phase]) * 1_000_003 + chunk) % (2 ** 63)
         return torch.Generator(self.device).manual_seed(seed)
 
-    def latents(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def latents(self, n: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         """z ~ N(0, I) and class labels (uniform one-hot, data-free) for n images."""
-        z = torch.randn((n, *self.img_shape), generator=generator, device=self.device)
+        z = torch.randn((n, *self.img_shape), generator=rng, device=self.device)
         if self.label_dim == 0:
             return z, None
         if self.label_source is not None:
-            return z, self.label_source(n, generator).to(self.device)
-        idx = torch.randint(self.label_dim, (n,), generator=generator, device=self.device)
+            return z, self.label_source(n, rng).to(self.device)
+        idx = torch.randint(self.label_dim, (n,), generator=rng, device=self.device)
         return z, torch.nn.functional.one_hot(idx, self.label_dim).float()
 
     def generate(self, net: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """One-step generation x_g = G(sigma_init z, sigma_init)."""
-        sigma = torch.full((z.shape[0],), self.config.sigma_init, device=z.device)
-        return net(self.config.sigma_init * z, sigma, labels)
+        return one_step(net, z, labels, self.config.sigma_init)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
@@ -163,7 +159,7 @@ class SiDTrainer:
             if self.config.augment > 0:
                 x_g, extra["augment_labels"] = augment(x_g, self.config.augment, g)
             with self._autocast():
-                return denoising_loss(self.f_psi, x_g, generator=g, class_labels=labels, **extra)
+                return DenoisingLoss()(self.f_psi, x_g, rng=g, class_labels=labels, **extra)["loss"]
 
         self.f_psi.train()
         try:
@@ -182,9 +178,8 @@ class SiDTrainer:
         def per_sample_loss(z, labels, g):
             with self._autocast():
                 x_g = self.generate(self.G, z, labels).float()
-                return generator_loss(self._frozen(self.f_phi), self._frozen(self.f_psi), x_g,
-                                      alpha=self.config.alpha, t_max=self.config.t_max, generator=g,
-                                      class_labels=labels)
+                return self.objective(self._frozen(self.f_phi), self._frozen(self.f_psi), x_g,
+                                      t_max=self.config.t_max, rng=g, class_labels=labels)["loss"]
 
         self.G.train()
         self.f_psi.requires_grad_(False)
@@ -196,11 +191,7 @@ class SiDTrainer:
 
     @torch.no_grad()
     def ema_step(self) -> None:
-        beta = ema_beta(self.config.batch, self.nimg, self.config.ema)
-        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
-            p_ema.copy_(p.detach().lerp(p_ema, beta))
-        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
-            b_ema.copy_(b)
+        ema_update(self.G_ema, self.G, ema_beta(self.config.batch, self.nimg, self.config.ema))
 
     def iteration_step(self) -> IterationStats:
         """One SiD iteration: f_psi step, G step, EMA (in this order)."""
@@ -227,13 +218,13 @@ class SiDTrainer:
     def load_state_dict(self, state: dict) -> None:
         for key in ("seed", "batch"):
             if state[key] != getattr(self.config, key):
-                raise ValueError(f"the training state was made with {key}={state[key]} but this run has "
+                raise ConfigError(f"the training state was made with {key}={state[key]} but this run has "
                                  f"{key}={getattr(self.config, key)}; pass the same --{key} or a new --outdir")
         for name in ("G", "G_ema", "f_psi"):
             mine = getattr(self, name).state_dict()
             theirs = state[name]
             if list(mine) != list(theirs) or any(mine[k].shape != theirs[k].shape for k in mine):
-                raise ValueError(f"the training state's {name} does not fit this teacher's architecture; "
+                raise ConfigError(f"the training state's {name} does not fit this teacher's architecture; "
                                  f"resume with the teacher it was made from, or use a new --outdir")
             getattr(self, name).load_state_dict(theirs)
         self.opt_G.load_state_dict(state["opt_G"])

@@ -10,7 +10,7 @@ network built under the same seed starts from the same weights.
 Mixed precision follows EDM: parameters stay fp32 and every layer casts them to the input's dtype;
 the embedding vector stays fp32 and attention logits/softmax are computed in fp32.
 
-The preconditioning wrappers live in `full.precond`; they pick an architecture from `ARCHITECTURES`.
+The preconditioning wrappers live in `full.nets.precond`; they pick an architecture from `ARCHITECTURES`.
 """
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from full.atomic import atomic_write
+from full.store.atomic import atomic_write
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def cache_dir() -> Path:

@@ -1,0 +1,1 @@
+"""Evaluation: the EDM sampler, images, and FID/IS/precision-recall."""

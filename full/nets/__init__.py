@@ -1,0 +1,1 @@
+"""Denoiser networks: EDM's U-Nets (`edm`), their preconditioning wrappers (`precond`) and EDM2's magnitude-preserving U-Net (`edm2`)."""
