@@ -4,8 +4,9 @@
     python -m full.mnist_classifier train --data data/mnist16.zip --out assets/mnist16-classifier
 
 Trained on a seeded shuffled split of the dataset (``held_out`` images kept aside, the rest for training)
-with random shifts of up to one pixel. Saved as ``OUT.safetensors`` + ``OUT.json`` (architecture keyword
-arguments, the split, and provenance with the command and held-out accuracy); loaded without pickle.
+with random shifts of up to one pixel. Saved as ``OUT.safetensors`` + ``OUT.json`` (`full.store.pair`:
+architecture keyword arguments, the split, and provenance with the command and held-out accuracy); loaded
+without pickle, the arguments checked and the shapes compared with the file before any weight is read.
 The network follows the Inception detector interface of `full.metrics`: uint8 NCHW images in, and
 ``net(x, return_features=True)`` gives the 128-d penultimate activations (FID, precision/recall) while
 ``net(x)`` gives softmax class probabilities (Inception Score, class histograms of samples).
@@ -14,29 +15,25 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import math
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
-import safetensors
-import safetensors.torch
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from full.cli import ArgumentParser, USER_ERRORS, report_error
-from full.errors import SidError
+from full.errors import CheckpointError
 
 FORMAT = "sid-feature-net"
 VERSION = 1
 
 
-class ClassifierError(SidError, ValueError):
+class ClassifierError(CheckpointError):
     """A classifier file that is missing, corrupt, or not of our format."""
 
 
@@ -121,46 +118,65 @@ def train(images: torch.Tensor, labels: torch.Tensor, epochs: int = 20, batch: i
 
 def save_classifier(net: MnistClassifier, out: str, split: dict, provenance: dict) -> str:
     """Write OUT.safetensors then OUT.json atomically (a shared weights_id ties the pair); return the stem."""
-    from full.store.atomic import atomic_write
+    from full.store.pair import write_pair
     stem = out.removesuffix(".safetensors").removesuffix(".json")
-    Path(stem).parent.mkdir(parents=True, exist_ok=True)
-    weights_id = uuid.uuid4().hex
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    meta = {"format": FORMAT, "version": VERSION, "architecture": "MnistClassifier", "kwargs": net.kwargs,
-            "split": split, "weights_id": weights_id, "provenance": provenance}
-    atomic_write(stem + ".safetensors", lambda tmp: safetensors.torch.save_file(
-        state, tmp, metadata={"format": FORMAT, "weights_id": weights_id}))
-    atomic_write(stem + ".json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
-    return stem
+    meta = {"version": VERSION, "architecture": "MnistClassifier", "kwargs": net.kwargs, "split": split,
+            "provenance": provenance}
+    return write_pair(stem, net.state_dict(), meta, FORMAT)
+
+
+# Limits on the constructor arguments a classifier file may give (checked before anything is built).
+KWARG_LIMITS = {"resolution": (4, 1024), "channels": (1, 4), "width": (1, 1024), "features": (1, 4096),
+                "classes": (1, 100_000)}
+
+
+def _check_meta(meta: dict, meta_path) -> dict:
+    """The classifier fields of a description: architecture and kwargs (known names, integers within limits)."""
+    if meta.get("architecture") != "MnistClassifier":
+        raise ClassifierError(f"{meta_path} is not a {FORMAT} MnistClassifier description")
+    kwargs = meta.get("kwargs")
+    if not isinstance(kwargs, dict):
+        raise ClassifierError(f"{meta_path}: kwargs is missing or not an object")
+    for key, value in kwargs.items():
+        if key not in KWARG_LIMITS:
+            raise ClassifierError(f"{meta_path}: kwargs.{str(key)[:60]} is not an argument of MnistClassifier; "
+                                  f"known: {', '.join(KWARG_LIMITS)}")
+        lo, hi = KWARG_LIMITS[key]
+        if type(value) is not int or not lo <= value <= hi:
+            raise ClassifierError(f"{meta_path}: kwargs.{key} is {str(value)[:60]}; expected an integer from {lo} to {hi}")
+    return kwargs
 
 
 def read_meta(meta_path: str | os.PathLike) -> dict:
     """The json half of a saved classifier, checked to be ours."""
-    try:
-        meta = json.loads(Path(meta_path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ClassifierError(f"cannot read {meta_path}: {error}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("architecture") != "MnistClassifier":
+    from full.store.pair import read_json
+    meta = read_json(meta_path, ClassifierError)
+    if meta.get("format") != FORMAT:
         raise ClassifierError(f"{meta_path} is not a {FORMAT} MnistClassifier description")
+    _check_meta(meta, meta_path)
     return meta
 
 
-def load_classifier(meta_path: str | os.PathLike, weights_path: str | os.PathLike) -> MnistClassifier:
-    """Rebuild the classifier from its json and load the safetensors weights strictly (no pickle)."""
-    meta = read_meta(meta_path)
-    try:
-        with safetensors.safe_open(os.fspath(weights_path), framework="pt") as f:
-            weights_id = (f.metadata() or {}).get("weights_id")
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as error:  # safetensors raises its own error types for missing or corrupt files
-        raise ClassifierError(f"{weights_path} is not a readable safetensors file ({error})") from None
-    if weights_id != meta.get("weights_id"):
-        raise ClassifierError(f"{weights_path} and {meta_path} come from different saves; train or save again")
-    net = MnistClassifier(**meta["kwargs"])
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ClassifierError(f"{weights_path} does not match {meta['kwargs']}: {error}") from None
+def load_classifier(location: str | os.PathLike, weights_path: str | os.PathLike | None = None, *,
+                    what: str = "classifier") -> MnistClassifier:
+    """Rebuild the classifier from its pair, given as ``NAME``, ``NAME.json``, ``NAME.safetensors`` or a URL
+    (`full.store.resolve`), or as the two paths (json, safetensors). The network is built on the meta
+    device and compared with the safetensors header before the weights are read; no pickle is involved."""
+    from full.store.pair import read_pair, read_tensors
+    from full.store.resolve import PAIR, locate
+    from full.store.safe_build import materialize
+    if weights_path is None:
+        found = locate(location, what, kinds=(PAIR,))
+        meta_path, weights_path = found.path, found.weights
+    else:
+        meta_path = location
+    meta, header = read_pair(meta_path, weights_path, FORMAT, VERSION, error=ClassifierError)
+    kwargs = _check_meta(meta, meta_path)
+    with torch.device("meta"):
+        net = MnistClassifier(**kwargs)
+    entries = {k: (e.dtype, e.shape) for k, e in header.entries.items()}
+    materialize(net, entries, lambda: read_tensors(header, ClassifierError), header.file_bytes,
+                f"{weights_path} does not match MnistClassifier({kwargs})", error=ClassifierError)
     return net.eval().requires_grad_(False)
 
 

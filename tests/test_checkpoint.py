@@ -66,7 +66,7 @@ ADM = TINY["edm-adm"][1]
     ("edm-adm", dict(init_kwargs=dict(ADM, model_channels=8)), r"model\.\S+ has shape \[64, 16\], expected \[32, 8\]"),
     ("edm-adm", dict(init_kwargs=dict(ADM, label_dim=0)), r"unexpected entry model\.map_label\.weight"),
     ("iddpm-adm", dict(init_kwargs=dict(TINY["iddpm-adm"][1], label_dim=3)), r"lacks model\.map_label\.weight"),
-    ("edm-adm", dict(init_kwargs=dict(ADM, warp_factor=9)), "cannot build EDMPrecond"),
+    ("edm-adm", dict(init_kwargs=dict(ADM, warp_factor=9)), "_init_kwargs.warp_factor is not an argument of EDMPrecond"),
 ])
 def test_pickle_that_does_not_match_our_class(tmp_path, name, overrides, message):
     path = write_edm_pickle(tmp_path / "bad.pkl", {"ema": tiny_network(name)}, **overrides)
@@ -157,16 +157,25 @@ def test_cli_inspect_and_convert(tmp_path, capsys):
 def test_cli_missing_file_is_one_line_without_traceback(tmp_path):
     done = run_cli("inspect", tmp_path / "absent.pkl")
     assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
-    assert done.stderr.startswith("error: no such file") and done.stderr.count("\n") == 1
+    assert done.stderr == f"error: FILE {tmp_path / 'absent.pkl'}: no such file; give an EDM .pkl, " \
+                          "NAME.safetensors/NAME.json or the stem NAME, or an http(s) URL\n"
 
 
-@pytest.mark.parametrize("case", ["malicious", "garbage", "wrong-json"])
+@pytest.mark.parametrize("case", ["malicious", "garbage", "wrong-json", "huge-kwargs-json", "missing"])
 def test_cli_user_errors_exit_2_with_one_line(tmp_path, capsys, case):
     path = tmp_path / "x.pkl"
     if case == "malicious":
         write_edm_pickle(path, {"ema": Evil(os.system, f"touch {tmp_path / 'pwned'}")})
     elif case == "garbage":
         path.write_bytes(b"\x80\x04not a pickle at all")
+    elif case == "huge-kwargs-json":
+        path = tmp_path / "x.json"
+        save_network(tiny_network("edm-adm"), tmp_path / "x")
+        meta = json.loads(path.read_text())
+        meta["precond_kwargs"]["model_channels"] = 10**9
+        path.write_text(json.dumps(meta))
+    elif case == "missing":
+        path = tmp_path / "absent"
     else:
         path = tmp_path / "x.json"
         path.write_text("{not json")
@@ -174,4 +183,9 @@ def test_cli_user_errors_exit_2_with_one_line(tmp_path, capsys, case):
     assert checkpoint.main(["convert", str(path), str(tmp_path / "out")]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("error: ") and err.count("\n") == 1
+    if case in ("huge-kwargs-json", "missing"):
+        assert err == {"huge-kwargs-json": f"error: {path}: precond_kwargs.model_channels is 1000000000; expected an "
+                                           "integer from 1 to 4096\n",
+                       "missing": f"error: INPUT {path}: no such file; give an EDM .pkl, NAME.safetensors/NAME.json "
+                                  "or the stem NAME, or an http(s) URL\n"}[case]
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "out.json").exists()

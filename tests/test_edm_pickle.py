@@ -1,10 +1,12 @@
 """Safe EDM pickle import: files written the way EDM's persistence module writes them load bit-exactly,
 and malicious pickles are refused before anything in them runs."""
 import builtins
+import collections
 import contextlib
 import io
 import os
 import pickle
+import pickletools
 import subprocess
 import sys
 import types
@@ -21,34 +23,84 @@ _OURS = ("precond_name", "init_kwargs", "provenance")  # attributes build_networ
 
 @contextlib.contextmanager
 def fake_persistence():
-    """Register a throwaway ``torch_utils.persistence`` so pickles can name its reconstruct function."""
+    """Register throwaway ``torch_utils.persistence`` and ``dnnlib.util`` modules so pickles can name EDM's
+    reconstruct function and EDM2's ``EasyDict``; yields (reconstruct, EasyDict)."""
     def _reconstruct_persistent_obj(meta):
         raise AssertionError("the importer must never call the pickled reconstruct function")
 
-    pkg, mod = types.ModuleType("torch_utils"), types.ModuleType("torch_utils.persistence")
-    _reconstruct_persistent_obj.__module__ = mod.__name__
+    class EasyDict(dict):
+        """dnnlib.util.EasyDict as EDM2 defines it: a dict whose items are also attributes."""
+
+        def __getattr__(self, name):
+            try:
+                return self[name]
+            except KeyError:
+                raise AttributeError(name) from None
+
+        def __setattr__(self, name, value):
+            self[name] = value
+
+    modules = {name: types.ModuleType(name) for name in ("torch_utils", "torch_utils.persistence", "dnnlib",
+                                                         "dnnlib.util")}
+    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
     _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
-    mod._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    pkg.persistence = mod
-    sys.modules.update({pkg.__name__: pkg, mod.__name__: mod})
+    EasyDict.__module__, EasyDict.__qualname__ = "dnnlib.util", "EasyDict"
+    modules["torch_utils.persistence"]._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    modules["dnnlib.util"].EasyDict = EasyDict
+    modules["torch_utils"].persistence = modules["torch_utils.persistence"]
+    modules["dnnlib"].util = modules["dnnlib.util"]
+    sys.modules.update(modules)
     try:
-        yield _reconstruct_persistent_obj
+        yield _reconstruct_persistent_obj, EasyDict
     finally:
-        del sys.modules[pkg.__name__], sys.modules[mod.__name__]
+        for name in modules:
+            del sys.modules[name]
 
 
-def edm_pickle_bytes(top: dict, class_name=None, init_kwargs=None, extra_state=None) -> bytes:
-    """Pickle ``top`` as EDM does: every module except ``ModuleDict`` becomes ``_reconstruct_persistent_obj(meta)``
-    with ``meta = {type, version, module_src, class_name, state}``; overrides apply to ``top['ema']``."""
-    ema = top.get("ema")
+class Persistent:
+    """A non-module object that EDM2 pickles as a persistent record (its encoders and loss); ``state`` is its
+    ``__dict__`` as the record stores it."""
+
+    def __init__(self, class_name, **state):
+        self.class_name, self.state = class_name, state
+
+
+class RawTensor:
+    """Pickled as ``_rebuild_tensor_v2(storage, offset, size, stride, ...)`` with whatever size and stride."""
+
+    def __init__(self, storage, size, stride, offset=0):
+        self.storage, self.size, self.stride, self.offset = storage, tuple(size), tuple(stride), offset
+
+
+class EasyDictPayload:
+    """Stands for an ``EasyDict`` whose pickled items are given here (built inside the fake modules)."""
+
+    def __init__(self, **items):
+        self.items = items
+
+
+def edm_pickle_bytes(top: dict, class_name=None, init_kwargs=None, extra_state=None, names=None, protocol=4) -> bytes:
+    """Pickle ``top`` as EDM/EDM2 do: every module except ``ModuleDict`` (and every `Persistent`) becomes
+    ``_reconstruct_persistent_obj(meta)`` with ``meta = {type, version, module_src, class_name, state}``;
+    overrides apply to ``top['ema']``; ``names`` renames classes (EDM2 calls EDM2Precond ``Precond``);
+    an `EasyDictPayload` (also as ``top`` itself) becomes ``dnnlib.util.EasyDict``."""
+    ema = top.get("ema") if isinstance(top, dict) else top.items.get("ema")
+    names = names or {}
 
     class EdmPickler(pickle.Pickler):
         def reducer_override(self, obj):
-            if not isinstance(obj, torch.nn.Module) or type(obj) is torch.nn.ModuleDict:
+            if isinstance(obj, RawTensor):
+                return torch._utils._rebuild_tensor_v2, (obj.storage, obj.offset, obj.size, obj.stride, False,
+                                                         collections.OrderedDict())
+            if isinstance(obj, Persistent):
+                state = dict(obj.state, _init_args=(), _init_kwargs={})
+                name = obj.class_name
+            elif isinstance(obj, torch.nn.Module) and type(obj) is not torch.nn.ModuleDict:
+                state = {k: v for k, v in obj.__dict__.items() if k not in _OURS}
+                state.update(_init_args=(), _init_kwargs=dict(getattr(obj, "init_kwargs", {})))
+                name = names.get(type(obj).__name__, type(obj).__name__)
+            else:
                 return NotImplemented
-            state = {k: v for k, v in obj.__dict__.items() if k not in _OURS}
-            state.update(_init_args=(), _init_kwargs=dict(getattr(obj, "init_kwargs", {})))
-            name = type(obj).__name__
             if obj is ema:
                 state["_init_kwargs"] = init_kwargs if init_kwargs is not None else state["_init_kwargs"]
                 state.update(extra_state or {})
@@ -56,10 +108,15 @@ def edm_pickle_bytes(top: dict, class_name=None, init_kwargs=None, extra_state=N
             meta = dict(type="class", version=6, module_src="# the whole networks.py\n", class_name=name, state=state)
             return reconstruct, (meta,)
 
-    with fake_persistence() as reconstruct:
+    def easy(obj):  # payloads become real (fake-module) EasyDicts, pickled by NEWOBJ + SETITEMS as in EDM2
+        if isinstance(obj, EasyDictPayload):
+            return easy_dict({k: easy(v) for k, v in obj.items.items()})
+        return obj
+
+    with fake_persistence() as (reconstruct, easy_dict):
         buf = io.BytesIO()
-        EdmPickler(buf, protocol=4).dump(top)
-    assert "torch_utils" not in sys.modules
+        EdmPickler(buf, protocol=protocol).dump(easy(top))
+    assert "torch_utils" not in sys.modules and "dnnlib" not in sys.modules
     return buf.getvalue()
 
 
@@ -68,6 +125,27 @@ def write_edm_pickle(path, top: dict, **overrides) -> str:
     with open(path, "wb") as f:
         f.write(edm_pickle_bytes(top, **overrides))
     return path
+
+
+def unframe(data: bytes) -> bytes:
+    """The same pickle without its FRAME opcodes (optional for readers), so that opcodes can change length."""
+    found = list(pickletools.genops(data))
+    ends = [pos for _, _, pos in found[1:]] + [found[-1][2] + 1]  # each opcode runs to the next one; STOP is 1 byte
+    return b"".join(data[pos:end] for (op, _, pos), end in zip(found, ends) if op.name != "FRAME")
+
+
+def short_string(text: str) -> bytes:
+    """The SHORT_BINUNICODE opcode that pushes ``text``."""
+    encoded = text.encode()
+    return b"\x8c" + bytes([len(encoded)]) + encoded
+
+
+def splice(data: bytes, marker: str, ops: bytes) -> bytes:
+    """Replace the opcode that pushes the string ``marker`` in a pickle by raw opcodes ``ops`` (which must push
+    exactly one object)."""
+    data = unframe(data)
+    assert data.count(short_string(marker)) == 1, "the marker must occur once"
+    return data.replace(short_string(marker), ops)
 
 
 class Toy(torch.nn.Module):

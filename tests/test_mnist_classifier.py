@@ -7,7 +7,8 @@ import torch
 
 from full.dataset import convert
 from full.eval.detectors import load_detector
-from full.mnist_classifier import ClassifierError, accuracy, load_classifier, split_indices
+from full.mnist_classifier import (ClassifierError, MnistClassifier, accuracy, load_classifier, save_classifier,
+                                   split_indices)
 
 ASSET = "assets/mnist16-classifier"
 
@@ -60,3 +61,24 @@ def test_mismatched_or_foreign_files_are_refused(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"format": "sid-network"}))
     with pytest.raises(ClassifierError, match="not a sid-feature-net"):
         load_classifier(tmp_path / "c.json", tmp_path / "c.safetensors")
+
+
+def test_save_and_load_through_the_shared_pair_format(tmp_path):
+    """save_classifier writes the same fields as the shipped asset; the pair loads by stem, .json, .safetensors
+    or the two paths, through the resolver, and the weights come back bit-exactly."""
+    from full.store.download import fetch
+    torch.manual_seed(0)
+    net = MnistClassifier(width=4, features=8).eval()
+    stem = save_classifier(net, str(tmp_path / "sub" / "c"), {"n": 10, "held_out": 2, "seed": 0}, {"note": "t"})
+    meta = json.loads((tmp_path / "sub" / "c.json").read_text())
+    shipped = json.loads(fetch(ASSET + ".json").read_text())
+    assert set(meta) == set(shipped) and meta["format"] == "sid-feature-net" and meta["version"] == 1
+    for given in (stem, stem + ".json", stem + ".safetensors"):
+        loaded = load_classifier(given)
+        assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), loaded.state_dict().values()))
+    assert load_classifier(stem + ".json", stem + ".safetensors").kwargs == net.kwargs
+    with pytest.raises(ClassifierError, match=r"c.safetensors does not match MnistClassifier.*conv.0.weight has "
+                                              r"shape \[4, 1, 3, 3\], expected \[8, 1, 3, 3\]"):
+        meta["kwargs"]["width"] = 8
+        (tmp_path / "sub" / "c.json").write_text(json.dumps(meta))
+        load_classifier(stem)

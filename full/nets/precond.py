@@ -12,6 +12,10 @@ chosen from `full.nets.edm.ARCHITECTURES`.
 Precision: inputs, sigma and the output are fp32. The U-Net runs in reduced precision only on CUDA,
 when ``use_fp16`` (float16) or the keyword-only ``use_bf16`` (bfloat16) is set and ``force_fp32`` is
 not; on the CPU it always runs in fp32.
+
+Every wrapper can be built on the meta device (``with torch.device("meta"): ...``), which gives parameter
+names and shapes without allocating them; the few numbers computed in a constructor (VP's sigma range,
+iDDPM's ``u``) are computed on the CPU even then.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import torch
 from torch import nn
 
 from full.nets.edm import ARCHITECTURES
+from full.nets.edm2 import EDM2Precond
 
 Coefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -59,13 +64,8 @@ class Precond(nn.Module):
             return torch.float32
         return torch.bfloat16 if self.use_bf16 else torch.float16
 
-    def forward(self, x: torch.Tensor, sigma, class_labels: torch.Tensor | None = None,
-                force_fp32: bool = False, **model_kwargs) -> torch.Tensor:
-        """D(x; sigma) for x [B,C,H,W]; sigma is 0-d (shared) or per sample ([B] or [B,1,1,1]).
-
-        class_labels: [B, label_dim] (one-hot) or None (zeros when label_dim > 0); model_kwargs carries
-        ``augment_labels`` [B, augment_dim]. Returns fp32 [B,C,H,W].
-        """
+    def _inputs(self, x: torch.Tensor, sigma, class_labels: torch.Tensor | None):
+        """x and sigma in fp32 (sigma shaped [B or 1, 1, 1, 1]) and the labels as the U-Net takes them."""
         x = x.to(torch.float32)
         sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)
         if self.label_dim == 0:
@@ -74,10 +74,34 @@ class Precond(nn.Module):
             class_labels = torch.zeros([1, self.label_dim], device=x.device)
         else:
             class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
+        return x, sigma, class_labels
+
+    def forward(self, x: torch.Tensor, sigma, class_labels: torch.Tensor | None = None,
+                force_fp32: bool = False, *, return_logits: bool = False, **model_kwargs):
+        """D(x; sigma) for x [B,C,H,W]; sigma is 0-d (shared) or per sample ([B] or [B,1,1,1]).
+
+        class_labels: [B, label_dim] (one-hot) or None (zeros when label_dim > 0); model_kwargs carries
+        ``augment_labels`` [B, augment_dim]. Returns fp32 [B,C,H,W]; with ``return_logits`` the pair
+        (D, logits) where logits [B,1,h,w] is SiDA's discriminator map of the same forward (see `logits`).
+        """
+        x, sigma, class_labels = self._inputs(x, sigma, class_labels)
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         dtype = self.compute_dtype(x, force_fp32)
-        F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
-        return c_skip * x + c_out * F_x[:, :self.img_channels].to(torch.float32)
+        F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels,
+                         return_logits=return_logits, **model_kwargs)
+        F_x, logits = F_x if return_logits else (F_x, None)
+        D_x = c_skip * x + c_out * F_x[:, :self.img_channels].to(torch.float32)
+        return (D_x, logits.to(torch.float32)) if return_logits else D_x
+
+    def logits(self, x: torch.Tensor, sigma, class_labels: torch.Tensor | None = None, force_fp32: bool = False,
+               **model_kwargs) -> torch.Tensor:
+        """SiDA's discriminator logit map [B, 1, h, w] (Zhou et al. 2025): the channel mean of the U-Net's last
+        encoder block at input c_in x, with the denoiser's noise, label and augment embeddings; no decoder."""
+        x, sigma, class_labels = self._inputs(x, sigma, class_labels)
+        _, _, c_in, c_noise = self.coefficients(sigma)
+        dtype = self.compute_dtype(x, force_fp32)
+        return self.model.encoder_logits((c_in * x).to(dtype), c_noise.flatten(), class_labels,
+                                         **model_kwargs).to(torch.float32)
 
 
 class VPPrecond(Precond):
@@ -105,8 +129,9 @@ class VPPrecond(Precond):
         self.beta_min = beta_min
         self.M = M
         self.epsilon_t = epsilon_t
-        self.sigma_min = float(self.sigma(epsilon_t))
-        self.sigma_max = float(self.sigma(1))
+        with torch.device("cpu"):  # plain numbers, also while the network is built on the meta device
+            self.sigma_min = float(self.sigma(epsilon_t))
+            self.sigma_max = float(self.sigma(1))
 
     def sigma(self, t):
         """sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)."""
@@ -175,11 +200,12 @@ class iDDPMPrecond(Precond):
         self.C_1 = C_1
         self.C_2 = C_2
         self.M = M
-        abar = self.alpha_bar(torch.arange(M + 1))
-        ratio = (abar[:-1] / abar[1:]).clip(min=C_1)  # ratio[j-1] = abar(j-1) / abar(j)
-        u = torch.zeros(M + 1)
-        for j in range(M, 0, -1):
-            u[j - 1] = ((u[j] ** 2 + 1) / ratio[j - 1] - 1).sqrt()
+        with torch.device("cpu"):  # computed, also while the network is built on the meta device
+            abar = self.alpha_bar(torch.arange(M + 1))
+            ratio = (abar[:-1] / abar[1:]).clip(min=C_1)  # ratio[j-1] = abar(j-1) / abar(j)
+            u = torch.zeros(M + 1)
+            for j in range(M, 0, -1):
+                u[j - 1] = ((u[j] ** 2 + 1) / ratio[j - 1] - 1).sqrt()
         self.register_buffer("u", u)
         self.sigma_min = float(u[M - 1])
         self.sigma_max = float(u[0])
@@ -238,3 +264,7 @@ class EDMPrecond(Precond):
 PRECONDITIONERS: dict[str, type[Precond]] = {
     "EDMPrecond": EDMPrecond, "VPPrecond": VPPrecond, "VEPrecond": VEPrecond, "iDDPMPrecond": iDDPMPrecond,
 }
+
+# Every network class a file may name: EDM's wrappers above plus EDM2's preconditioner (`full.nets.edm2`,
+# called ``Precond`` in EDM2's own files). `full.store.network_file.build_network` looks names up here.
+NETWORKS: dict[str, type[nn.Module]] = {**PRECONDITIONERS, "EDM2Precond": EDM2Precond}
