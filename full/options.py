@@ -1,9 +1,11 @@
-"""Configuration dataclasses as command-line options: one `option()` per field, argparse on top.
+"""Command-line options with their rules: dataclass fields as options (`option`, `add_options`) and argparse
+``type=`` validators for plain options (`checked`, `power_of_two`, `positive_int`, ...).
 
 A field may carry a `Check` (a range or a set of choices). The same check runs twice: when argparse reads
-the option (so ``--alpha nan`` or ``--batch 0`` stops at the command line with one line naming the option)
-and in `check_fields`, which configs call from ``validate()`` so that presets and code that builds a
-config directly are held to the same rules. Floats must always be finite.
+the option (so ``--alpha nan`` or ``--batch 0`` stops at the command line with one line naming the option,
+the value and what would work: ``argument --batch: 0 is not allowed; it must be a number >= 1``) and in
+`check_fields`, which configs call from ``validate()`` so that presets and code that builds a config directly
+are held to the same rules. Floats must always be finite.
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import math
 import types
 import typing
 from dataclasses import dataclass
+from typing import Callable
 
-from full.errors import ConfigError
+from full.errors import ConfigError, SidError
 
 
 @dataclass(frozen=True)
@@ -58,30 +61,31 @@ AT_LEAST_ONE = Range(1)
 PROBABILITY = Range(0, 1)
 
 
-def option(default, help: str, check: Check | None = None):
-    """A dataclass field with its --help text and an optional `Check` (use tuples for sequence defaults)."""
-    return dataclasses.field(default=default, metadata={"help": help, "check": check})
+def option(default, help: str, check: Check | None = None, *, bookkeeping: bool = False):
+    """A dataclass field with its --help text, an optional `Check` (use tuples for sequence defaults), and whether
+    it is bookkeeping (how a run is run or recorded) rather than part of what it computes."""
+    return dataclasses.field(default=default, metadata={"help": help, "check": check, "bookkeeping": bookkeeping})
 
 
-def problem(name: str, value, check: Check | None) -> str | None:
-    """Why `value` cannot be the option `name`, or None if it can (None values are 'not set')."""
+def requirement(value, check: Check | None) -> str | None:
+    """What `value` breaks ("it must be a finite number", ...), or None if it is fine (None means 'not set')."""
     if value is None or isinstance(value, (bool, str)) and check is None:
         return None
-    values = value if isinstance(value, tuple) else (value,)
-    for v in values:
+    for v in value if isinstance(value, tuple) else (value,):
         if isinstance(v, float) and not math.isfinite(v):
-            return f"--{name.replace('_', '-')} {v}: must be a finite number"
+            return "it must be a finite number"
         if check is not None and not check.holds(v):
-            return f"--{name.replace('_', '-')} {v!r}: must be {check.describe()}"
+            return f"it must be {check.describe()}"
     return None
 
 
 def check_fields(config) -> None:
     """Raise `ConfigError` (one line) for the first field of dataclass `config` that breaks its check."""
     for f in dataclasses.fields(config):
-        message = problem(f.name, getattr(config, f.name), f.metadata.get("check"))
+        value = getattr(config, f.name)
+        message = requirement(value, f.metadata.get("check"))
         if message:
-            raise ConfigError(message)
+            raise ConfigError(f"--{f.name.replace('_', '-')} {value!r} is not allowed; {message}")
 
 
 def _parse_bool(text: str) -> bool:
@@ -112,16 +116,55 @@ def _parser_for(tp):
     return {bool: _parse_bool}.get(tp, tp)
 
 
-def _checked(parse, name: str, check: Check | None):
-    """`parse`, then the finiteness and `check` tests, as argparse type errors (one line, names the option)."""
+_NAMES = {int: "a whole number", float: "a number"}
+
+
+def checked(parse: Callable[[str], object], check: Check | None = None) -> Callable[[str], object]:
+    """argparse ``type=``: ``parse``, then finiteness and `check`, as argparse type errors that quote the value."""
     def convert(text: str):
-        value = parse(text)
-        message = problem(name, value, check)
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {_NAMES.get(parse, 'valid')}") from None
+        except argparse.ArgumentTypeError:
+            raise
+        message = requirement(value, check)
         if message:
-            raise argparse.ArgumentTypeError(message.split(": ", 1)[1])
+            raise argparse.ArgumentTypeError(f"{text} is not allowed; {message}")
         return value
     convert.__name__ = getattr(parse, "__name__", "value")
     return convert
+
+
+def power_of_two(low: int = 1, high: int = 4096) -> Callable[[str], int]:
+    """argparse ``type=``: a power of two in [low, high] (image sides)."""
+    number = checked(int, Range(low, high))
+
+    def convert(text: str) -> int:
+        value = number(text)
+        if value & (value - 1):
+            raise argparse.ArgumentTypeError(f"{text} is not a power of two; EDM's networks halve the image side "
+                                             f"at every level (e.g. {1 << (value.bit_length() - 1)} or "
+                                             f"{1 << value.bit_length()})")
+        return value
+    convert.__name__ = "int"
+    return convert
+
+
+def library(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """argparse ``type=`` from a parser that raises `SidError` (e.g. `full.eval.sampling.parse_seeds`)."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except SidError as error:
+            raise argparse.ArgumentTypeError(str(error).split(": ", 1)[-1]) from None
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+positive_int = checked(int, AT_LEAST_ONE)
+nonnegative_int = checked(int, NONNEGATIVE)
+positive_float = checked(float, POSITIVE)
 
 
 def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
@@ -134,7 +177,7 @@ def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         check = f.metadata.get("check")
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name,
-                            type=_checked(_parser_for(hints[f.name]), f.name, check), default=None,
+                            type=checked(_parser_for(hints[f.name]), check), default=None,
                             metavar=hints[f.name].__name__ if isinstance(hints[f.name], type) else "VALUE",
                             help=f"{f.metadata.get('help', '')} (default: {shown})")
 

@@ -19,14 +19,30 @@ def test_toy_bench_reports_steps_to_threshold_and_the_naive_failure():
 
 
 @pytest.mark.slow
-def test_mnist_bench_ranks_the_shipped_generator_above_the_one_step_teacher(tmp_path, capsys):
-    assert full_bench.main(["mnist", "--num", "100", "--nfe", "1", "--out", str(tmp_path),
-                            "--run", str(tmp_path / "no-run")]) == 0
+def test_mnist_bench_scores_models_over_disjoint_seed_sets(tmp_path, capsys):
+    (tmp_path / "empty-run").mkdir()
+    assert full_bench.main(["mnist", "--num", "100", "--sets", "2", "--nfe", "1", "--out", str(tmp_path),
+                            "--runs", f"SiD={tmp_path / 'empty-run'}"]) == 0
     result = json.loads(capsys.readouterr().out)
     rows = {r["model"]: r for r in result["rows"]}
     assert set(rows) == {"real data (100 of 5000)", "teacher Heun 1 NFE", "SiD one-step"}
-    real, teacher, sid = (rows[k]["fid_mnist"] for k in ("real data (100 of 5000)", "teacher Heun 1 NFE", "SiD one-step"))
-    assert real < sid < teacher / 5
-    assert sum(rows["SiD one-step"]["class_histogram"]) == 100 and rows["SiD one-step"]["ms_per_image"] > 0
-    assert json.loads((tmp_path / "mnist.json").read_text())["sid_fid"] == sid
-    assert result["fid_vs_kimg"] == []  # no run directory: no curve, and no error
+    real, teacher, sid = (rows[k] for k in ("real data (100 of 5000)", "teacher Heun 1 NFE", "SiD one-step"))
+    assert real["fid_mnist"] < sid["fid_mnist"] < teacher["fid_mnist"] / 5
+    for row in (teacher, sid):  # mean and sample std over the two seed sets
+        assert len(row["fid_per_set"]) == 2 and row["fid_per_set"][0] != row["fid_per_set"][1]
+        assert row["fid_mnist"] == pytest.approx(sum(row["fid_per_set"]) / 2)
+        assert row["fid_std"] == pytest.approx(abs(row["fid_per_set"][0] - row["fid_per_set"][1]) / 2 ** 0.5)
+    assert sum(sid["class_histogram"]) == 200 and sid["ms_per_image"] > 0
+    assert json.loads((tmp_path / "mnist.json").read_text())["rows"] == result["rows"]
+    assert result["fid_vs_kimg"] == {"SiD": []}  # a run without snapshots: no curve, and no error
+
+
+def test_mnist_bench_refuses_even_nfe_and_malformed_generators(tmp_path):
+    import subprocess
+    import sys
+    run = lambda *a: subprocess.run([sys.executable, "-m", "full.bench", "mnist", *a], capture_output=True,  # noqa: E731
+                                    text=True, timeout=120)
+    even = run("--nfe", "4", "--out", str(tmp_path))
+    assert even.returncode == 2 and "every NFE must be odd" in even.stderr and "Traceback" not in even.stderr
+    bad = run("--generators", "assets/mnist16-sid.json")
+    assert bad.returncode == 2 and "write NAME=PATH" in bad.stderr

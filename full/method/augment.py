@@ -13,7 +13,9 @@ resampling and reflection padding (EDM additionally oversamples with a sym6 wave
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,34 +36,59 @@ def _scaling(sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack([sx, zero], -1), torch.stack([zero, sy], -1)], -2)
 
 
-def augment(images: torch.Tensor, p: float, rng: torch.Generator | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment NCHW images with probability multiplier p; returns (images, augment_labels [N, 9])."""
-    n, _, h, w = images.shape
-    dev = images.device
+@dataclass
+class Transform:
+    """Per-image transform parameters (each ``[N]``; ``translate`` is ``[2, N]`` in units of TRANSLATE_STD * size)."""
+    xflip: torch.Tensor
+    yflip: torch.Tensor
+    scale: torch.Tensor
+    rotation: torch.Tensor
+    aniso: torch.Tensor
+    aniso_frame: torch.Tensor
+    translate: torch.Tensor
+
+    def labels(self) -> torch.Tensor:
+        """EDM's 9-d augment labels ``[N, 9]`` (the layout in the module docstring)."""
+        r, a = self.rotation, self.aniso
+        return torch.stack([self.xflip, self.yflip, self.scale, r.cos() - 1, r.sin(), a * self.aniso_frame.cos(),
+                            a * self.aniso_frame.sin(), self.translate[0], self.translate[1]], dim=1)
+
+    def subset(self, keep: torch.Tensor) -> "Transform":
+        return Transform(*(getattr(self, f.name)[..., keep] for f in dataclasses.fields(self)))
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return warp(images, self.xflip, self.yflip, self.scale, self.rotation, self.aniso, self.aniso_frame,
+                    self.translate)
+
+
+def draw_transform(n: int, p: float, rng: torch.Generator | None = None, device=None) -> Transform:
+    """Draw the parameters of n transforms with EDM's distributions and probability multiplier p."""
 
     def rand(*shape):
-        return torch.rand(shape, generator=rng, device=dev)
+        return torch.rand(shape, generator=rng, device=device)
 
     def randn(*shape):
-        return torch.randn(shape, generator=rng, device=dev)
+        return torch.randn(shape, generator=rng, device=device)
 
     def gate(values, multiplier):
         return torch.where(rand(n) < multiplier * p, values, torch.zeros_like(values))
 
-    xflip = gate(torch.randint(2, (n,), generator=rng, device=dev).float(), 1e8)
-    yflip = gate(torch.randint(2, (n,), generator=rng, device=dev).float(), 1.0)
+    xflip = gate(torch.randint(2, (n,), generator=rng, device=device).float(), 1e8)
+    yflip = gate(torch.randint(2, (n,), generator=rng, device=device).float(), 1.0)
     scale = gate(randn(n), 1.0)
     rotation = gate((rand(n) * 2 - 1) * math.pi, 1.0)
     aniso = gate(randn(n), 1.0)
     aniso_frame = (rand(n) * 2 - 1) * math.pi
     aniso_frame = torch.where(rand(n) < ANISO_ROTATE_PROB, aniso_frame, torch.zeros_like(aniso_frame))
-    translate = torch.where(rand(1, n) < p, randn(2, n), torch.zeros(2, n, device=dev))
+    translate = torch.where(rand(1, n) < p, randn(2, n), torch.zeros(2, n, device=device))
+    return Transform(xflip, yflip, scale, rotation, aniso, aniso_frame, translate)
 
-    images = warp(images, xflip, yflip, scale, rotation, aniso, aniso_frame, translate)
-    labels = torch.stack([xflip, yflip, scale, rotation.cos() - 1, rotation.sin(), aniso * aniso_frame.cos(),
-                          aniso * aniso_frame.sin(), translate[0], translate[1]], dim=1)
-    return images, labels
+
+def augment(images: torch.Tensor, p: float, rng: torch.Generator | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment NCHW images with probability multiplier p; returns (images, augment_labels [N, 9])."""
+    transform = draw_transform(images.shape[0], p, rng, images.device)
+    return transform(images), transform.labels()
 
 
 def warp(images: torch.Tensor, xflip, yflip, scale, rotation, aniso, aniso_frame, translate) -> torch.Tensor:

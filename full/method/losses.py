@@ -15,12 +15,14 @@ Notation (Zhou et al., ICML 2024, "Score identity Distillation"):
   L2 = (f_phi - f_psi)^T (f_phi - x_g)            projected loss (Eq. 17)
   SiD = L2 - alpha * L1                           generator loss (Eq. 22)
 SiDA (Zhou et al., ICLR 2025, "Adversarial Score identity Distillation") adds a GAN term whose discriminator
-is f_psi's own encoder (`SiDA`, `DenoisingWithDiscriminator`).
+is f_psi's own encoder (`SiDA`, `DenoisingWithDiscriminator`). EDM2 networks (Karras et al., CVPR 2024) also
+predict a log-variance logvar(sigma); their denoising loss is weighted by it (`DenoisingLoss(uses_logvar=True)`),
+and SiDA-EDM2 divides every generator term by exp(logvar) of f_psi (`LogvarWeighted`).
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -128,23 +130,45 @@ class DenoisingLoss:
 
     Fits f_psi to detached generator samples (Algorithm 1, fake-score update) and trains small teachers on
     data. ``sigma`` and ``noise`` may be given to make the call deterministic.
+
+    With `uses_logvar` (EDM2 networks, ``f(x, sigma, return_logvar=True) -> (D, logvar)``) the loss is EDM2's
+    uncertainty-weighted one (Karras et al. 2024, Eq. 8 and training/loss.py, EDM2Loss), summed over entries:
+    lambda(sigma) / exp(logvar) ||D - x_0||^2 + n_x logvar, with n_x the number of entries of one sample.
     """
     sigma_data: float = SIGMA_DATA
     P_mean: float = P_MEAN
     P_std: float = P_STD
+    uses_logvar: bool = False
 
     def sample_sigma(self, batch: int, *, device=None, rng: torch.Generator | None = None) -> torch.Tensor:
         return sample_denoising_sigma(batch, self.P_mean, self.P_std, device=device, rng=rng)
 
-    def __call__(self, f: Denoiser, x_0: torch.Tensor, sigma: torch.Tensor | None = None,
-                 noise: torch.Tensor | None = None, *, rng: torch.Generator | None = None, **net_kwargs) -> Terms:
+    def _draws(self, x_0: torch.Tensor, sigma, noise, rng) -> tuple[torch.Tensor, torch.Tensor]:
         if sigma is None:
             sigma = self.sample_sigma(x_0.shape[0], device=x_0.device, rng=rng)
-        sigma = as_batch_sigma(sigma, x_0)
         if noise is None:
             noise = torch.randn(x_0.shape, device=x_0.device, dtype=x_0.dtype, generator=rng)
-        denoised = f(x_0 + sigma * noise, sigma, **net_kwargs)
-        return {"loss": edm_weight(sigma.flatten(), self.sigma_data) * per_sample_sum((denoised - x_0) ** 2)}
+        return as_batch_sigma(sigma, x_0), noise
+
+    def denoise(self, f: Denoiser, x_t: torch.Tensor, sigma: torch.Tensor, x_0: torch.Tensor, logits: bool = False,
+                **net_kwargs):
+        """(per-sample denoising term, weight lambda(sigma) [B] divided by exp(logvar) if any, logit map or None)."""
+        flags = {"return_logvar": True} if self.uses_logvar else {}
+        out = f(x_t, sigma, **flags, **({"return_logits": True} if logits else {}), **net_kwargs)
+        out = out if isinstance(out, tuple) else (out,)
+        denoised, logvar = out[0], (out[1].flatten() if self.uses_logvar else None)
+        weight = edm_weight(sigma.flatten(), self.sigma_data)
+        if logvar is not None:
+            weight = weight / logvar.exp()
+        term = weight * per_sample_sum((denoised - x_0) ** 2)
+        if logvar is not None:
+            term = term + x_0[0].numel() * logvar
+        return term, weight, (out[-1] if logits else None)
+
+    def __call__(self, f: Denoiser, x_0: torch.Tensor, sigma: torch.Tensor | None = None,
+                 noise: torch.Tensor | None = None, *, rng: torch.Generator | None = None, **net_kwargs) -> Terms:
+        sigma, noise = self._draws(x_0, sigma, noise, rng)
+        return {"loss": self.denoise(f, x_0 + sigma * noise, sigma, x_0, **net_kwargs)[0]}
 
 
 @dataclass(frozen=True)
@@ -157,21 +181,16 @@ class DenoisingWithDiscriminator(DenoisingLoss):
 
     each BCE a mean over the whole batch and every logit position. Logged beside the loss: the denoising
     term, the discriminator term, both BCEs and the discriminator's accuracy on real and on fake images.
+    With `uses_logvar` (SiDA-EDM2) both terms are weighted by 1/exp(logvar) as in `DenoisingLoss`.
     """
     discriminator_weight: float = 1.0     # lsd / ls of the official objective
 
     def __call__(self, f: Denoiser, x_0: torch.Tensor, sigma: torch.Tensor | None = None,
                  noise: torch.Tensor | None = None, *, real: torch.Tensor, real_kwargs: dict | None = None,
                  rng: torch.Generator | None = None, **net_kwargs) -> Terms:
-        if sigma is None:
-            sigma = self.sample_sigma(x_0.shape[0], device=x_0.device, rng=rng)
-        sigma = as_batch_sigma(sigma, x_0)
-        if noise is None:
-            noise = torch.randn(x_0.shape, device=x_0.device, dtype=x_0.dtype, generator=rng)
-        denoised, logit_fake = f(x_0 + sigma * noise, sigma, return_logits=True, **net_kwargs)
+        sigma, noise = self._draws(x_0, sigma, noise, rng)
+        denoise, weight, logit_fake = self.denoise(f, x_0 + sigma * noise, sigma, x_0, logits=True, **net_kwargs)
         logit_real = f.logits(real + sigma * noise, sigma, **(net_kwargs if real_kwargs is None else real_kwargs))
-        weight = edm_weight(sigma.flatten(), self.sigma_data)
-        denoise = weight * per_sample_sum((denoised - x_0) ** 2)
         bce_real, bce_fake = bce_mean(logit_real, 1.0), bce_mean(logit_fake, 0.0)
         discriminator = weight * (bce_real + bce_fake) / 2
         batch = x_0.shape[0]
@@ -192,6 +211,7 @@ class Denoised:
     y_phi: torch.Tensor                     # f_phi(x_t): the teacher
     y_psi: torch.Tensor                     # f_psi(x_t): the fake score
     logits: torch.Tensor | None = None      # f_psi's discriminator logit map at x_t (SiDA)
+    logvar: torch.Tensor | None = None      # f_psi's log-variance at sigma [B] (EDM2 networks)
 
 
 @dataclass(frozen=True)
@@ -206,6 +226,7 @@ class GeneratorObjective:
     """
     normalised = True          # divide by SiD's mean|x_g - f_phi| (official sid_loss.py)
     needs_logits = False       # f_psi must also return its discriminator logit map
+    needs_logvar = False       # f_psi must also return its log-variance
 
     def terms(self, d: Denoised) -> Terms:
         raise NotImplementedError
@@ -224,11 +245,12 @@ class GeneratorObjective:
             noise = torch.randn(x_g.shape, device=x_g.device, dtype=x_g.dtype, generator=rng)
         x_t = x_g + sigma * noise
         y_phi = f_phi(x_t, sigma, **net_kwargs)
-        if self.needs_logits:
-            y_psi, logits = f_psi(x_t, sigma, return_logits=True, **net_kwargs)
-        else:
-            y_psi, logits = f_psi(x_t, sigma, **net_kwargs), None
-        terms = self.terms(Denoised(x_g, y_phi, y_psi, logits))
+        flags = {**({"return_logvar": True} if self.needs_logvar else {}),
+                 **({"return_logits": True} if self.needs_logits else {})}
+        out = f_psi(x_t, sigma, **flags, **net_kwargs)
+        out = out if isinstance(out, tuple) else (out,)  # (D[, logvar][, logits]) in this order
+        logvar = out[1].flatten() if self.needs_logvar else None
+        terms = self.terms(Denoised(x_g, y_phi, out[0], out[-1] if self.needs_logits else None, logvar))
         if self.normalised:
             w = sid_normaliser(x_g, y_phi)
             terms = {name: value / w for name, value in terms.items()}
@@ -261,8 +283,8 @@ class SiD(GeneratorObjective):
     alpha: float = 1.2
 
     def terms(self, d: Denoised) -> Terms:
-        L1 = NaiveL1().terms(d)["loss"]
         L2 = ProjectedL2().terms(d)["loss"]
+        L1 = NaiveL1().terms(d)["loss"]
         return {"loss": L2 - self.alpha * L1, "L1": L1, "L2": L2}
 
 
@@ -315,14 +337,38 @@ class SiDA(SiD):
         return {**terms, "loss": loss, "sid": sid, "gan": gan}
 
 
+@dataclass(frozen=True)
+class LogvarWeighted(GeneratorObjective):
+    """SiDA-EDM2's override of any objective for EDM2 networks: every term of `inner` divided by exp(logvar)
+    of f_psi at the generator's sigma (mingyuanzhou/SiD, sida_training_edm2/sida_loss_edm2.py)."""
+    inner: GeneratorObjective = field(default_factory=SiD)
+    needs_logvar = True
+
+    @property
+    def normalised(self) -> bool:
+        return self.inner.normalised
+
+    @property
+    def needs_logits(self) -> bool:
+        return self.inner.needs_logits
+
+    def at(self, nimg: int) -> "LogvarWeighted":
+        return dataclasses.replace(self, inner=self.inner.at(nimg))
+
+    def terms(self, d: Denoised) -> Terms:
+        scale = (-d.logvar).exp()
+        return {name: value * scale for name, value in self.inner.terms(d).items()}
+
+
 GENERATOR_OBJECTIVES: dict[str, type[GeneratorObjective]] = {
     "sid": SiD, "naive": NaiveL1, "projected": ProjectedL2, "diff_instruct": DiffInstruct, "dmd": DMD, "sida": SiDA,
 }
 
 
-def generator_objective(name: str, **parameters) -> GeneratorObjective:
+def generator_objective(name: str, logvar: bool = False, **parameters) -> GeneratorObjective:
     """The objective called `name`, built from the `parameters` it has (alpha, gan_weight, ...); others are
-    ignored, so one config resolves any objective."""
+    ignored, so one config resolves any objective. `logvar`: weighted for an EDM2 f_psi (`LogvarWeighted`)."""
     cls = GENERATOR_OBJECTIVES[name]
     fields = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in parameters.items() if k in fields})
+    objective = cls(**{k: v for k, v in parameters.items() if k in fields})
+    return LogvarWeighted(objective) if logvar else objective

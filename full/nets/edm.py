@@ -271,7 +271,31 @@ def _drop_labels(labels: torch.Tensor, p: float, batch: int) -> torch.Tensor:
     return labels * keep.to(labels.dtype)
 
 
-class SongUNet(nn.Module):
+class EncoderDecoder(nn.Module):
+    """The call shared by EDM's U-Nets, built from their `embed`, `encode` and `decode`.
+
+    forward(x [B,C,H,W], noise_labels [B] or [1], class_labels [B,L] or None, augment_labels [B,A] or None)
+    returns F(x) [B, out_channels, H, W]; with ``return_logits`` also SiDA's discriminator logit map
+    (Zhou et al. 2025): the channel mean of the last encoder block's output, [B, 1, h, w], from the same forward.
+    `encoder_logits` computes that map alone, without the decoder.
+    """
+
+    def encoder_logits(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None,
+                       augment_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """SiDA's discriminator logit map [B, 1, h, w]: the channel mean of the last encoder block (no decoder)."""
+        h, _ = self.encode(x, self.embed(noise_labels, class_labels, augment_labels, x.shape[0]), keep_skips=False)
+        return h.mean(dim=1, keepdim=True)
+
+    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None,
+                augment_labels: torch.Tensor | None = None, return_logits: bool = False):
+        """F(x) [B, out_channels, H, W]; with ``return_logits`` also SiDA's logit map from the same forward."""
+        emb = self.embed(noise_labels, class_labels, augment_labels, x.shape[0])
+        h, skips = self.encode(x, emb)
+        out = self.decode(h, skips, emb)
+        return (out, h.mean(dim=1, keepdim=True)) if return_logits else out
+
+
+class SongUNet(EncoderDecoder):
     """DDPM++ / NCSN++ U-Net (Song et al. 2021) as re-implemented by EDM.
 
     forward(x [B,C,H,W], noise_labels [B] or [1], class_labels [B,L] or None, augment_labels [B,A] or None)
@@ -373,33 +397,42 @@ class SongUNet(nn.Module):
                 self.dec[f"{res}x{res}_aux_norm"] = GroupNorm(cout, eps=1e-6)
                 self.dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, kernel=3, **init_zero)
 
-    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None,
-                augment_labels: torch.Tensor | None = None) -> torch.Tensor:
-        # Mapping: [sin, cos] noise features (+ labels * sqrt(L)) (+ augment labels) -> 2-layer MLP.
+    def embed(self, noise_labels: torch.Tensor, class_labels: torch.Tensor | None,
+              augment_labels: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """Mapping: [sin, cos] noise features (+ labels * sqrt(L)) (+ augment labels) -> 2-layer MLP."""
         emb = torch.cat(self.map_noise(noise_labels).chunk(2, dim=1)[::-1], dim=1)
         if self.map_label is not None:
             labels = class_labels
             if self.training and self.label_dropout:
-                labels = _drop_labels(labels, self.label_dropout, x.shape[0])
+                labels = _drop_labels(labels, self.label_dropout, batch)
             emb = emb + self.map_label(labels * math.sqrt(self.map_label.in_features))
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
-        emb = F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))
+        return F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))
 
-        # Encoder.
+    def encode(self, x: torch.Tensor, emb: torch.Tensor, keep_skips: bool = True
+               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The encoder: its last block's output and the skips the decoder concatenates."""
         skips, aux = [], x
         for name, block in self.enc.items():
             if name.endswith("_aux_down"):
                 aux = block(aux)
             elif name.endswith("_aux_skip"):
-                x = skips[-1] = x + block(aux)
+                x = x + block(aux)
+                if keep_skips:
+                    skips[-1] = x
             elif name.endswith("_aux_residual"):
-                x = skips[-1] = aux = (x + block(aux)) / math.sqrt(2)
+                x = aux = (x + block(aux)) / math.sqrt(2)
+                if keep_skips:
+                    skips[-1] = x
             else:
                 x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
-                skips.append(x)
+                if keep_skips:
+                    skips.append(x)
+        return x, skips
 
-        # Decoder: the output is the sum of the (upsampled) aux_conv outputs.
+    def decode(self, x: torch.Tensor, skips: list[torch.Tensor], emb: torch.Tensor) -> torch.Tensor:
+        """The decoder: the output is the sum of the (upsampled) aux_conv outputs."""
         aux = out = None
         for name, block in self.dec.items():
             if name.endswith("_aux_up"):
@@ -416,7 +449,7 @@ class SongUNet(nn.Module):
         return out
 
 
-class DhariwalUNet(nn.Module):
+class DhariwalUNet(EncoderDecoder):
     """ADM U-Net (Dhariwal & Nichol 2021) as re-implemented by EDM.
 
     Same call as `SongUNet`. Blocks use adaptive scale/shift, 64 channels per attention head (no
@@ -486,9 +519,9 @@ class DhariwalUNet(nn.Module):
         self.out_norm = GroupNorm(cout)
         self.out_conv = Conv2d(cout, out_channels, kernel=3, **init_zero)
 
-    def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None,
-                augment_labels: torch.Tensor | None = None) -> torch.Tensor:
-        # Mapping: [cos, sin] noise features (+ augment) -> MLP, + labels after the last linear layer.
+    def embed(self, noise_labels: torch.Tensor, class_labels: torch.Tensor | None,
+              augment_labels: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """Mapping: [cos, sin] noise features (+ augment) -> MLP, + labels after the last linear layer."""
         emb = self.map_noise(noise_labels)
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
@@ -496,14 +529,21 @@ class DhariwalUNet(nn.Module):
         if self.map_label is not None:
             labels = class_labels
             if self.training and self.label_dropout:
-                labels = _drop_labels(labels, self.label_dropout, x.shape[0])
+                labels = _drop_labels(labels, self.label_dropout, batch)
             emb = emb + self.map_label(labels)
-        emb = F.silu(emb)
+        return F.silu(emb)
 
+    def encode(self, x: torch.Tensor, emb: torch.Tensor, keep_skips: bool = True
+               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The encoder: its last block's output and every block's output as a skip."""
         skips = []
         for block in self.enc.values():
             x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
-            skips.append(x)
+            if keep_skips:
+                skips.append(x)
+        return x, skips
+
+    def decode(self, x: torch.Tensor, skips: list[torch.Tensor], emb: torch.Tensor) -> torch.Tensor:
         for block in self.dec.values():
             if x.shape[1] != block.in_channels:
                 x = torch.cat([x, skips.pop()], dim=1)

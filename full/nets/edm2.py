@@ -404,6 +404,15 @@ class EDM2Precond(nn.Module):
     def force_normalization(self, flag: bool) -> None:
         self.set_force_normalization(flag)
 
+    @torch.no_grad()
+    def normalize_weights_(self) -> None:
+        """Overwrite every stored weight with normalize(w) once, as a training-mode call with forced
+        normalisation would. A trainer that calls the network several times in one autograd graph (SiDA's
+        f_psi step) switches the per-call renormalisation off and calls this once per optimiser step instead."""
+        for module in self.modules():
+            if isinstance(module, MPConv):
+                module.weight.copy_(normalize(module.weight.to(torch.float32)))
+
     # Calls ----------------------------------------------------------------------------------------------
 
     def compute_dtype(self, x: torch.Tensor, force_fp32: bool = False) -> torch.dtype:

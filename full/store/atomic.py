@@ -15,19 +15,32 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
-def atomic_write(final: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` into a temporary file next to ``final``, flush it to disk, give it the usual
-    permissions (0666 less the umask), then rename it over ``final``; on any failure remove it."""
+def atomic_write(final: str | os.PathLike, write: Callable[[str], None], durable: bool = True) -> None:
+    """``write(tmp)`` into a temporary file ``.NAME.XXXX.tmp`` next to ``final``, flush it to disk (unless not
+    `durable`: a progress note may be lost in a power cut, never torn), give it the usual permissions
+    (0666 less the umask), then rename it over ``final``; on any failure remove it."""
     final = os.fspath(final)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(final) or ".", prefix=f".{os.path.basename(final)}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, final)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_leftovers(folder: str | os.PathLike) -> int:
+    """Delete the temporary files of interrupted `atomic_write` calls in `folder` (a killed process cannot
+    clean up after itself); returns how many bytes were freed. Call it only while no other process writes there."""
+    freed = 0
+    for entry in os.scandir(folder):
+        if entry.is_file() and entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            freed += entry.stat().st_size
+            os.unlink(entry.path)
+    return freed
