@@ -261,3 +261,86 @@ def test_module_entry_point(files, ref):
     result = subprocess.run([sys.executable, "-m", "full.metrics", "calc", "--images", files["npz"], "--num", "64",
                              "--ref", ref + ".missing", "--detector", files["detector"]], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------- bad inputs
+
+
+def _png_30000(path):
+    """A PNG header declaring 30000x30000 (the pixels are never decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+
+
+def _calc(files, ref, *argv):
+    return ["calc", "--ref", ref, "--detector", files["detector"], *argv]
+
+
+CALC_MISTAKES = [
+    (["--images", "{npz}", "--num", "0"], "argument --num: 0 is not allowed"),
+    (["--images", "{npz}", "--num", "1"], "argument --num: 1 is not allowed"),
+    (["--images", "{npz}", "--trials", "0"], "argument --trials: 0 is not allowed"),
+    (["--images", "{npz}", "--batch", "0"], "argument --batch: 0 is not allowed"),
+    (["--images", "{npz}", "--batch", "nan"], "argument --batch: 'nan' is not a whole number"),
+    (["--network", "{net}", "--seed-start", "-1"], "argument --seed-start: -1 is not allowed"),
+    (["--images", "{npz}", "--device", "bogus"], "--device 'bogus' is not a device"),
+    (["--network", "{net}", "--steps", "3"], "--sampler and --steps choose how a --teacher is sampled"),
+    (["--images", "{npz}", "--sampler", "64x64"], "they do not apply to --images"),
+    (["--teacher", "{net}", "--steps", "0"], "argument --steps: 0 is not allowed"),
+    (["--teacher", "{net}", "--sampler", "bogus"], "argument --sampler: invalid choice: 'bogus'"),
+    (["--teacher", "{net}", "--sigma-init", "2"], "--sigma-init sets a --network generator's noise level"),
+    (["--network", "{net}", "--num", "10", "--trials", "3", "--seed-start", "4294967290"], "needs seeds up to 4294967319"),
+    (["--images", "{root}/mixed", "--num", "2", "--no-is"], "all images must share one size"),
+    (["--images", "{root}/bomb"], "is 30000x30000"),
+]
+
+
+@pytest.mark.parametrize("argv, needle", CALC_MISTAKES, ids=[" ".join(a[2:]) or a[1] for a, _ in CALC_MISTAKES])
+def test_calc_mistakes_are_one_line(files, ref, capsys, argv, needle):
+    from PIL import Image
+    root = files["root"]
+    (root / "mixed").mkdir(exist_ok=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "mixed" / "a.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "mixed" / "b.png")
+    (root / "bomb").mkdir(exist_ok=True)
+    _png_30000(root / "bomb" / "a.png")
+    argv = [a.format(**files) for a in argv]
+    try:
+        code = metrics.main([str(a) for a in _calc(files, ref, "--num", "10", *argv)])
+    except SystemExit as exit:
+        code = exit.code
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--data", "{root}/not-a-zip.zip"], "is not a zip file"),
+    (["--data", "{data}", "--dest", "{root}/no/such/dir/ref.npz"], "--dest"),
+    (["--data", "{data}", "--batch", "0"], "argument --batch: 0 is not allowed"),
+    (["--data", "{data}", "--device", "tpu"], "--device 'tpu'"),
+])
+def test_ref_mistakes_write_nothing(files, capsys, argv, needle):
+    (files["root"] / "not-a-zip.zip").write_bytes(b"nope")
+    dest = files["root"] / "never.npz"
+    argv = ["--dest", str(dest), "--detector", files["detector"]] + [a.format(**files) for a in argv]
+    try:
+        code = metrics.main(["ref", *argv])
+    except SystemExit as exit:
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+    assert not dest.exists()
+
+
+def test_calc_teacher_with_a_sampler_preset(files, ref, capsys):
+    code, out, err = run(capsys, *_calc(files, ref, "--teacher", files["net"], "--sampler", "imagenet64", "--steps", 2,
+                                        "--num", 10, "--json", "--no-is"))
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["sampler"]["num_steps"] == 2 and report["sampler"]["S_churn"] == 40 and report["fid"]["mean"] > 0

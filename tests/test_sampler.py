@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from full.eval.sampler import SAMPLER_PRESETS, edm_sampler, karras_schedule
+from full.errors import ConfigError
+from full.eval.sampler import SAMPLER_PRESETS, SamplerConfig, edm_sampler, karras_schedule, sampler_config
 
 
 class GaussianDenoiser:
@@ -95,3 +96,43 @@ def test_round_sigma_and_range_are_honoured():
     positive = [v for v in seen if v > 0]
     assert max(positive) == pytest.approx(10.0) and min(positive) == pytest.approx(0.01)
     assert all(v == round(v, 3) for v in positive)
+
+
+def test_presets_by_name_with_a_step_override():
+    assert sampler_config() == SAMPLER_PRESETS["32x32"] and sampler_config().nfe == 35
+    assert sampler_config("64x64").num_steps == 40
+    churn = sampler_config("imagenet64", 32)
+    assert (churn.num_steps, churn.S_churn, churn.S_min, churn.S_max, churn.S_noise) == (32, 40, 0.05, 50, 1.003)
+    assert churn.stochastic and not sampler_config("64x64").stochastic
+    with pytest.raises(ConfigError, match="--sampler 'cifar' is not a sampler preset; use one of 32x32, 64x64, imagenet64"):
+        sampler_config("cifar")
+    with pytest.raises(ConfigError, match="--steps 0"):
+        sampler_config("64x64", 0)
+    with pytest.raises(ConfigError, match="sigma_min < sigma_max"):
+        SamplerConfig(sigma_min=5.0, sigma_max=1.0).validate()
+    with pytest.raises(ConfigError, match="sampler setting rho nan is not allowed; it must be a finite number"):
+        SamplerConfig(rho=float("nan")).validate()
+
+
+def test_config_sample_equals_the_sampler_call():
+    config = sampler_config("imagenet64", 6)
+    x = config.sample(GaussianDenoiser(M, S), LATENTS[:8], rng=torch.Generator().manual_seed(3))
+    y = edm_sampler(GaussianDenoiser(M, S), LATENTS[:8], rng=torch.Generator().manual_seed(3),
+                    **dataclasses.asdict(config))
+    assert torch.equal(x, y)
+
+
+def test_one_generator_per_sample_makes_churn_independent_of_the_batch():
+    """Row i's churn noise comes from rng[i] alone, so a sample is the same alone or in any batch."""
+    config = sampler_config("imagenet64", 8)
+
+    def generators(seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    together = config.sample(GaussianDenoiser(M, S), LATENTS[:3], rng=generators([10, 11, 12]))
+    alone = config.sample(GaussianDenoiser(M, S), LATENTS[2:3], rng=generators([12]))
+    assert torch.equal(together[2:], alone)
+    swapped = config.sample(GaussianDenoiser(M, S), LATENTS[2:3], rng=generators([10]))
+    assert not torch.equal(swapped, alone)
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        config.sample(GaussianDenoiser(M, S), LATENTS[:3], rng=generators([1, 2]))
