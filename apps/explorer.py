@@ -1,6 +1,7 @@
 """SiD explorer: `streamlit run apps/explorer.py`.
 
-Four pages: the score identities, Proposition 4's failure case, live toy distillation, and full-scale runs.
+Five pages: the score identities, Proposition 4's failure case (and the lagging fake score), live toy distillation,
+full-scale runs, and how to choose alpha.
 """
 from pathlib import Path
 
@@ -14,4 +15,5 @@ st.navigation([
     st.Page(PAGES / "failure_case.py", title="The failure case (Prop. 4)"),
     st.Page(PAGES / "toy_distillation.py", title="Toy distillation, live"),
     st.Page(PAGES / "runs.py", title="Full-scale runs"),
+    st.Page(PAGES / "choosing_alpha.py", title="How to choose alpha"),
 ]).run()

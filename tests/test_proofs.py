@@ -24,7 +24,7 @@ def prop4(all_proofs):
 
 
 def test_every_proof_holds(all_proofs):
-    assert set(all_proofs) == {"tweedie", "score_projection", "projected_score_matching", "proposition4"}
+    assert set(all_proofs) == {"tweedie", "score_projection", "projected_score_matching", "proposition4", "two_timescale"}
     for p in all_proofs.values():
         assert isinstance(p, proofs.Proof) and p.holds, p.name
         assert p.claim and "\n" not in p.claim
