@@ -53,8 +53,38 @@ def test_distill_writes_records(tmp_path):
     assert "final:" in out.stdout
 
 
+def test_alpha_writes_the_study(tmp_path):
+    out = toy("alpha", "--quick", "--steps", "6", "--alphas", "0.5", "1.5", "--seeds", "0", "--json",
+              "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert json.loads((tmp_path / "alpha_study.json").read_text()) == doc
+    assert (tmp_path / "alpha_study.png").stat().st_size > 10_000
+    assert doc["alphas"] == [0.5, 1.5] and doc["seeds"] == [0]
+    assert set(doc["studies"]) == {"dimension", "teacher", "fake_steps"}
+    for study in doc["studies"].values():
+        assert len(study["results"]) == 2 * len(study["values"])
+        assert all(len(r["final"]) == len(r["steps_to_threshold"]) == 1 for r in study["results"])
+
+
+def test_alpha_dry_run_help_and_bad_options(capsys):
+    from toy.__main__ import main
+    assert main(["alpha", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "150 (setting, alpha, seed) cells, 120 distinct runs" in out and "fake_steps=1: target=gmm64d" in out
+    with pytest.raises(SystemExit) as exit_help:
+        main(["alpha", "--help"])
+    assert exit_help.value.code == 0 and "energy distance" in capsys.readouterr().out
+    for args, message in ((["--workers", "0"], "argument --workers: 0 is not allowed; it must be a number >= 1"),
+                          (["--alphas", "inf"], "argument --alphas: inf is not allowed; it must be a finite number")):
+        with pytest.raises(SystemExit) as exit_bad:
+            main(["alpha", *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_bad.value.code == 2 and len(err) == 1 and message in err[0]
+
+
 @pytest.mark.parametrize("args, message", [(["distill", "--loss", "l3", "--steps", "1"], "unknown loss"),
-                                            (["prop4", "--sigma", "0"], "--sigma 0.0: must be a finite number > 0")])
+                                            (["prop4", "--sigma", "0"], "argument --sigma: 0 is not allowed; it must be a number > 0")])
 def test_bad_input_is_one_line(args, message):
     out = toy(*args)
     assert out.returncode == 2 and "Traceback" not in out.stderr

@@ -1,18 +1,21 @@
-"""`python -m toy bench`: SiD at several alpha against L1, L2, Diff-Instruct and DMD on the same footing.
+"""`python -m toy bench`: SiD at several alpha against L1, L2, Diff-Instruct, DMD and SiDA on the same footing.
 
 Two settings, every method with the same generator, initial weights, noise seeds, optimiser and budget:
 - `mixture`: an MLP generator on the 2-D 8-Gaussian target with a fitted MLP fake score (the full
   algorithm), scored by the energy distance to exact target samples;
 - `gaussian`: an affine generator on a correlated 2-D Gaussian with the exact fake score, scored by
   the exact KL(p_theta || p_data).
-For each method: the first evaluated step at which the distance falls below a threshold, and the
-final distance (mean over seeds).
+For each method: the first evaluated step at which the distance falls below a threshold, the final distance
+(mean over seeds) and, on the mixture, the share of samples left on the bridges between its modes (more than
+3 standard deviations from every mode). SiDA needs a fitted fake score (its discriminator) and real samples,
+so it runs on the mixture only.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
+from full.method.losses import GENERATOR_OBJECTIVES
 from toy.distill import ToyConfig, ToyDistillation
 
 METHODS = {  # label -> (objective, alpha)
@@ -23,6 +26,7 @@ METHODS = {  # label -> (objective, alpha)
     "L2 (projected)": ("projected", 0.0),
     "Diff-Instruct": ("diff_instruct", 0.0),
     "DMD": ("dmd", 0.0),
+    "SiDA alpha=1.0": ("sida", 1.0),
 }
 
 
@@ -45,9 +49,15 @@ def run_method(setting: Setting, objective: str, alpha: float, seed: int, steps:
     """One run: the distance curve, the first step below the threshold (None if never) and the final distance."""
     config = dataclasses.replace(setting.config, loss=objective, alpha=alpha, seed=seed,
                                  steps=steps or setting.config.steps)
-    curve = [(r.step, getattr(r, setting.metric)) for r in ToyDistillation(config) if r.energy is not None]
+    records = [r for r in ToyDistillation(config) if r.energy is not None]
+    curve = [(r.step, getattr(r, setting.metric)) for r in records]
     reached = next((step for step, d in curve if d <= setting.threshold), None)
-    return {"curve": curve, "steps_to_threshold": reached, "final": curve[-1][1]}
+    return {"curve": curve, "steps_to_threshold": reached, "final": curve[-1][1], "off_mode": records[-1].off_mode}
+
+
+def applies(setting: Setting, objective: str) -> bool:
+    """Whether a method runs in a setting: SiDA needs a fitted fake score (the MLP generator's)."""
+    return setting.config.generator == "mlp" or not GENERATOR_OBJECTIVES[objective].needs_logits
 
 
 def bench(settings: list[str], seeds: list[int], steps: int | None = None, progress=None) -> dict:
@@ -57,6 +67,8 @@ def bench(settings: list[str], seeds: list[int], steps: int | None = None, progr
         setting = SETTINGS[name]
         results[name] = {"metric": setting.metric, "threshold": setting.threshold, "seeds": seeds, "methods": {}}
         for label, (objective, alpha) in METHODS.items():
+            if not applies(setting, objective):
+                continue
             runs = [run_method(setting, objective, alpha, seed, steps) for seed in seeds]
             if progress:
                 progress(name, label)
@@ -65,6 +77,7 @@ def bench(settings: list[str], seeds: list[int], steps: int | None = None, progr
                 "steps_to_threshold": reached,
                 "final": [r["final"] for r in runs],
                 "final_mean": sum(r["final"] for r in runs) / len(runs),
+                "off_mode": [r["off_mode"] for r in runs],
                 "curves": [r["curve"] for r in runs],
             }
     return results
@@ -74,11 +87,13 @@ def format_results(results: dict) -> str:
     lines = []
     for name, block in results.items():
         lines.append(f"\n[{name}] metric={block['metric']}, threshold={block['threshold']}, seeds={block['seeds']}")
-        lines.append(f"{'method':18s} {'steps to threshold':>24s} {'final (per seed)':>28s} {'final mean':>11s}")
+        lines.append(f"{'method':18s} {'steps to threshold':>24s} {'final (per seed)':>28s} {'final mean':>11s}"
+                     f" {'off-mode mass':>16s}")
         for label, r in block["methods"].items():
             reached = ", ".join("never" if s is None else str(s) for s in r["steps_to_threshold"])
             finals = ", ".join(f"{v:.4g}" for v in r["final"])
-            lines.append(f"{label:18s} {reached:>24s} {finals:>28s} {r['final_mean']:>11.4g}")
+            off = ", ".join(f"{v:.1%}" for v in r["off_mode"])
+            lines.append(f"{label:18s} {reached:>24s} {finals:>28s} {r['final_mean']:>11.4g} {off:>16s}")
     return "\n".join(lines)
 
 
