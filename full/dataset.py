@@ -36,6 +36,7 @@ from PIL import Image
 
 from full.options import positive_int, power_of_two
 from full.cli import ArgumentParser, USER_ERRORS, report_error
+from full.store.atomic import output_folder
 from full.store.dataset_zip import MAX_SIDE, DatasetError, ImageZipDataset, write_dataset
 
 
@@ -214,12 +215,7 @@ def _check_dest(dest: str) -> None:
     if not dest.lower().endswith(".zip") or os.path.isdir(dest):
         raise DatasetError(f"--dest {dest!r} must be a .zip file name (EDM datasets are zips)")
     folder = os.path.dirname(dest) or "."
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as error:
-        raise DatasetError(f"--dest {dest}: cannot create its folder ({error.strerror or error})") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise DatasetError(f"--dest {dest}: its folder is not writable")
+    output_folder(folder, f"--dest {dest}: its folder {folder}", DatasetError)
 
 
 def describe(dataset: ImageZipDataset) -> dict:

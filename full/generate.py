@@ -34,24 +34,12 @@ from full.errors import ConfigError
 from full.eval.images import save_png
 from full.eval.sampler import SAMPLER_PRESETS, SamplerConfig, sampler_config
 from full.eval.sampling import Seeds, parse_seeds, sample_pixels
-from full.store.atomic import atomic_write
+from full.store.atomic import atomic_write, output_folder
 
 
 def png_path(outdir: str, seed: int) -> str:
     """EDM's layout: ``{seed // 1000 * 1000:06d}/{seed:06d}.png``."""
     return os.path.join(outdir, f"{seed // 1000 * 1000:06d}", f"{seed:06d}.png")
-
-
-def prepare_outdir(outdir: str) -> None:
-    """Create `outdir` (and parents), or raise `ConfigError` naming --outdir."""
-    if os.path.exists(outdir) and not os.path.isdir(outdir):
-        raise ConfigError(f"--outdir {outdir} is a file; give a directory")
-    try:
-        os.makedirs(outdir, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"--outdir {outdir} cannot be created ({error.strerror or error})") from None
-    if not os.access(outdir, os.W_OK | os.X_OK):
-        raise ConfigError(f"--outdir {outdir} is not writable; choose another directory")
 
 
 def check_class(net: torch.nn.Module, class_idx: int | None) -> None:
@@ -181,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         check_class(net, args.class_idx)
         from full.store.latent import open_encoder
         encoder = open_encoder(net, args.vae, ranks.device)
-        prepare_outdir(args.outdir)
+        output_folder(args.outdir, f"--outdir {args.outdir}")
         start = time.perf_counter()
         written = generate(net, args.seeds, args.outdir, batch=args.batch, sampler=sampler,
                            class_idx=args.class_idx, sigma_init=args.sigma_init, npz=args.npz, ranks=ranks,

@@ -5,7 +5,7 @@
     python -m full.metrics calc --teacher edm.pkl --ref REF.npz --detector DETECTOR           # 18 Heun steps
     python -m full.metrics calc --teacher edm.pkl --sampler imagenet64 --ref REF.npz --detector DETECTOR
     python -m full.metrics calc --images DIR_or_NPZ --ref REF.npz --detector DETECTOR --json
-    python -m full.metrics calc --network SNAPSHOT --vae stabilityai/sd-vae-ft-mse --ref REF.npz --detector DETECTOR \
+    python -m full.metrics calc --network SNAPSHOT --vae stabilityai/sd-vae-ft-mse --ref REF.npz --detector DETECTOR \\
         --detector-dinov2 dinov2-vitl14.pt --ref-dinov2 REF-DINOV2.npz                     # EDM2 img512: both
 
 DETECTOR is the StyleGAN/EDM Inception TorchScript (see INCEPTION_URL), or one of our feature nets

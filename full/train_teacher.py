@@ -34,6 +34,7 @@ from full.cli import ArgumentParser, USER_ERRORS, report_error
 from full.errors import CheckpointError, ConfigError
 from full.method.losses import DenoisingLoss
 from full.nets.architectures import EDM_ARCHITECTURES, build_edm, build_edm2_net
+from full.store.atomic import output_folder
 from full.options import (AT_LEAST_ONE, NONNEGATIVE, POSITIVE, Choices, Range, add_options, check_fields, option,
                           overrides)
 
@@ -293,10 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.threads:
             torch.set_num_threads(config.threads)
         training = TeacherTraining(config, args.outdir)  # everything checked; nothing written yet
-        try:
-            os.makedirs(args.outdir, exist_ok=True)
-        except OSError as error:
-            raise ConfigError(f"--outdir {args.outdir} cannot be created ({error.strerror or error})") from None
+        output_folder(args.outdir, f"--outdir {args.outdir}")
         if training.nimg >= training.total:
             print(f"{training.state_path} is already at {training.nimg / 1000:g} kimg (--kimg {config.kimg:g}); "
                   f"nothing to train")

@@ -16,7 +16,8 @@ from full.nets.edm import (ARCHITECTURES, Conv2d, DhariwalUNet, FourierEmbedding
 from full.nets.precond import PRECONDITIONERS, EDMPrecond, VEPrecond, VPPrecond, iDDPMPrecond
 
 # ---------------------------------------------------------------------------------------------------
-# Expected state_dict (key, shape) lists, derived from the architecture rules in EDM_FACTS sections 1-3.
+# Expected state_dict (key, shape) lists, derived from the constructors of NVlabs/edm
+# training/networks.py (SongUNet, DhariwalUNet).
 
 def _norm(p, c):
     return [(f"{p}.weight", (c,)), (f"{p}.bias", (c,))]
@@ -223,7 +224,9 @@ def test_precond_layouts():
 
 
 SONG_CIFAR = dict(model_type="SongUNet", model_channels=128, channel_mult=[2, 2, 2], augment_dim=9, dropout=0.13)
-REAL = [  # (name, resolution, label_dim, kwargs, parameters, state_dict entries), EDM_FACTS section 5
+# EDM's released pickles (NVlabs/edm, README 'Pre-trained models'):
+# (name, resolution, label_dim, kwargs, parameters, state_dict entries)
+REAL = [
     ("cifar10-uncond-vp", 32, 0, {**SONG_CIFAR, **DDPMPP}, 55_733_891, 425),
     ("cifar10-cond-vp", 32, 10, {**SONG_CIFAR, **DDPMPP}, 55_735_299, 427),
     ("cifar10-uncond-ve", 32, 0, {**SONG_CIFAR, **NCSNPP}, 56_397_827, 432),

@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSONL file for the per-step records (default: runs/toy/<run>.jsonl)")
     p.add_argument("--json", action="store_true", help="print every record as a JSON line instead of a progress bar")
     p.set_defaults(func=cmd_distill)
-    p = sub.add_parser("bench", help="SiD (alpha 0.5/1.0/1.2) vs L1, L2, Diff-Instruct, DMD: steps to a distance, final distance")
+    p = sub.add_parser("bench", help="SiD (alpha 0.5/1.0/1.2) vs L1, L2, Diff-Instruct, DMD and SiDA: steps to a "
+                                     "distance, final distance, mass off the modes")
     p.add_argument("--settings", nargs="+", default=["mixture", "gaussian"], help="mixture and/or gaussian")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seeds (default: 0 1)")
     p.add_argument("--steps", type=int, default=None, help="override the generator steps of every setting")

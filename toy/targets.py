@@ -16,7 +16,7 @@ from toy.families import Gaussian, GaussianMixture
 
 
 def _eight_gaussians(radius: float = 2.0, std: float = 0.2) -> GaussianMixture:
-    """8 Gaussians on a circle of radius 2 with std 0.2 (the prototype in TOY_FINDINGS.md)."""
+    """8 Gaussians on a circle of radius 2 with std 0.2 (the usual 2-D distillation benchmark)."""
     angles = torch.arange(8) * (2 * math.pi / 8)
     means = radius * torch.stack([angles.cos(), angles.sin()], dim=1)
     return GaussianMixture(torch.ones(8), means, std ** 2 * torch.eye(2).expand(8, 2, 2).clone())

@@ -85,7 +85,7 @@ class Draws:
     sigma: torch.Tensor                          # noise levels [n]
     noise: torch.Tensor                          # n ~ N(0, I) [n, C, H, W]
     transform: Transform | None = None           # augmentation of x_g (f_psi step)
-    real: torch.Tensor | None = None             # real images in [-1, 1] (SiDA's f_psi step)
+    real: torch.Tensor | None = None             # real images in the teacher's model space (SiDA)
     real_transform: Transform | None = None      # augmentation of the real images
 
     def __len__(self) -> int:

@@ -59,25 +59,14 @@ def _allowed_overrides(model_type: str) -> set[str]:
     return set(inspect.signature(ARCHITECTURES[model_type]).parameters) - fixed | _PRECOND_ARGUMENTS
 
 
-def architecture_kwargs(arch: str, resolution: int, channels: int, label_dim: int = 0, **overrides) -> dict:
-    """The full keyword arguments of `EDMPrecond` for `arch` with `overrides` on top, checked for what cannot
-    build or run: an unknown name or argument, a resolution that is not a power of two, more levels than the
-    resolution halves, attention at a resolution the network does not have."""
-    if arch not in EDM_ARCHITECTURES:
-        raise ConfigError(f"--arch {arch!r} is not an EDM architecture; use one of {', '.join(EDM_ARCHITECTURES)}")
-    kwargs = {**EDM_ARCHITECTURES[arch], **overrides}
-    unknown = sorted(set(overrides) - _allowed_overrides(kwargs["model_type"]))
-    if unknown:
-        raise ConfigError(f"--arch {arch} takes no argument {unknown[0]!r}; it takes "
-                          f"{', '.join(sorted(_allowed_overrides(kwargs['model_type'])))}")
+def _check_levels(halving: str, resolution: int, channels: int, mult: list, kwargs: dict, overrides: dict) -> None:
+    """What cannot build or run, in one line: a non-positive size, a resolution that is not a power of two, more
+    levels than the resolution halves, attention at a resolution the network does not have."""
     for name, value in (("resolution", resolution), ("channels", channels)):
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"a network needs a positive {name}, got {value!r}")
-    if not isinstance(label_dim, int) or label_dim < 0:
-        raise ConfigError(f"label_dim must be 0 (unconditional) or a class count, got {label_dim!r}")
     if resolution & (resolution - 1):
-        raise ConfigError(f"resolution {resolution} is not a power of two; EDM's U-Nets halve it at every level")
-    mult = list(kwargs.get("channel_mult", []))
+        raise ConfigError(f"resolution {resolution} is not a power of two; {halving} it at every level")
     if not mult or min(mult) < 1 or kwargs.get("model_channels", 1) < 1:
         raise ConfigError(f"--model-channels {kwargs.get('model_channels')} and --channel-mult {_csv(mult)} must be "
                           f"positive, with at least one level")
@@ -90,6 +79,22 @@ def architecture_kwargs(arch: str, resolution: int, channels: int, label_dim: in
     if "attn_resolutions" in overrides and wrong:
         raise ConfigError(f"--attn-resolutions {wrong[0]} is not a level of this network; its levels are "
                           f"{', '.join(map(str, levels))}")
+
+
+def architecture_kwargs(arch: str, resolution: int, channels: int, label_dim: int = 0, **overrides) -> dict:
+    """The full keyword arguments of `EDMPrecond` for `arch` with `overrides` on top, checked for what cannot
+    build or run: an unknown name or argument, a resolution that is not a power of two, more levels than the
+    resolution halves, attention at a resolution the network does not have."""
+    if arch not in EDM_ARCHITECTURES:
+        raise ConfigError(f"--arch {arch!r} is not an EDM architecture; use one of {', '.join(EDM_ARCHITECTURES)}")
+    kwargs = {**EDM_ARCHITECTURES[arch], **overrides}
+    unknown = sorted(set(overrides) - _allowed_overrides(kwargs["model_type"]))
+    if unknown:
+        raise ConfigError(f"--arch {arch} takes no argument {unknown[0]!r}; it takes "
+                          f"{', '.join(sorted(_allowed_overrides(kwargs['model_type'])))}")
+    if not isinstance(label_dim, int) or label_dim < 0:
+        raise ConfigError(f"label_dim must be 0 (unconditional) or a class count, got {label_dim!r}")
+    _check_levels("EDM's U-Nets halve", resolution, channels, list(kwargs.get("channel_mult", [])), kwargs, overrides)
     return dict(img_resolution=resolution, img_channels=channels, label_dim=label_dim, **kwargs)
 
 
@@ -136,22 +141,7 @@ def build_edm2_net(resolution: int, channels: int, label_dim: int = 0, **overrid
     if unknown:
         raise ConfigError(f"--arch edm2 takes no argument {unknown[0]!r}; it takes {', '.join(sorted(EDM2_OVERRIDES))}")
     kwargs = {"use_fp16": False, **overrides}
-    mult = list(kwargs.get("channel_mult", [1, 2, 3, 4]))
-    for name, value in (("resolution", resolution), ("channels", channels)):
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"a network needs a positive {name}, got {value!r}")
-    if resolution & (resolution - 1):
-        raise ConfigError(f"resolution {resolution} is not a power of two; EDM2's U-Net halves it at every level")
-    if not mult or min(mult) < 1 or kwargs.get("model_channels", 1) < 1:
-        raise ConfigError(f"--model-channels {kwargs.get('model_channels')} and --channel-mult {_csv(mult)} must be "
-                          f"positive, with at least one level")
-    if resolution >> (len(mult) - 1) < 1:
-        raise ConfigError(f"--channel-mult {_csv(mult)} has {len(mult)} levels, but a {resolution}x{resolution} image "
-                          f"can be halved only {resolution.bit_length() - 1} times")
-    levels = [resolution >> level for level in range(len(mult))]
-    wrong = [r for r in kwargs.get("attn_resolutions", []) if r not in levels]
-    if "attn_resolutions" in overrides and wrong:
-        raise ConfigError(f"--attn-resolutions {wrong[0]} is not a level of this network; its levels are "
-                          f"{', '.join(map(str, levels))}")
+    _check_levels("EDM2's U-Net halves", resolution, channels, list(kwargs.get("channel_mult", [1, 2, 3, 4])), kwargs,
+                  overrides)
     return build_network("EDM2Precond", img_resolution=resolution, img_channels=channels, label_dim=label_dim,
                          **kwargs)

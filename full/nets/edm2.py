@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from full.nets.precond import precond_inputs
+
 # ---------------------------------------------------------------------------------------------------------
 # Magnitude-preserving primitives (EDM2 Section 2 and appendix).
 
@@ -430,18 +432,9 @@ class EDM2Precond(nn.Module):
         return c_skip, c_out, c_in, sigma.log() / 4
 
     def _inputs(self, x: torch.Tensor, sigma, class_labels: torch.Tensor | None):
-        # fp32 x; sigma as [N, 1, 1, 1] (a shared sigma is broadcast over the batch); labels as [N or 1, label_dim].
-        x = x.to(torch.float32)
-        sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)
-        if sigma.shape[0] == 1 and x.shape[0] != 1:
-            sigma = sigma.expand(x.shape[0], 1, 1, 1)
-        if self.label_dim == 0:
-            class_labels = None
-        elif class_labels is None:
-            class_labels = torch.zeros([1, self.label_dim], device=x.device)
-        else:
-            class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
-        return x, sigma, class_labels
+        # As EDM's preconditioners, with a shared sigma broadcast over the batch (the logvar head wants [N]).
+        x, sigma, class_labels = precond_inputs(x, sigma, class_labels, self.label_dim)
+        return x, sigma.expand(x.shape[0], 1, 1, 1) if sigma.shape[0] == 1 else sigma, class_labels
 
     def logvar(self, sigma: torch.Tensor) -> torch.Tensor:
         """u(sigma) of Eq. 21 as [N, 1, 1, 1] for sigma [N, 1, 1, 1]."""

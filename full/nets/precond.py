@@ -25,9 +25,22 @@ import torch
 from torch import nn
 
 from full.nets.edm import ARCHITECTURES
-from full.nets.edm2 import EDM2Precond
 
 Coefficients = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def precond_inputs(x: torch.Tensor, sigma, class_labels: torch.Tensor | None, label_dim: int):
+    """x and sigma in fp32 (sigma shaped [B or 1, 1, 1, 1]) and the labels as the U-Net takes them: None for an
+    unconditional net, a zero row [1, label_dim] for labels None (EDM's and EDM2's convention)."""
+    x = x.to(torch.float32)
+    sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)
+    if label_dim == 0:
+        class_labels = None
+    elif class_labels is None:
+        class_labels = torch.zeros([1, label_dim], device=x.device)
+    else:
+        class_labels = class_labels.to(torch.float32).reshape(-1, label_dim)
+    return x, sigma, class_labels
 
 
 class Precond(nn.Module):
@@ -65,16 +78,7 @@ class Precond(nn.Module):
         return torch.bfloat16 if self.use_bf16 else torch.float16
 
     def _inputs(self, x: torch.Tensor, sigma, class_labels: torch.Tensor | None):
-        """x and sigma in fp32 (sigma shaped [B or 1, 1, 1, 1]) and the labels as the U-Net takes them."""
-        x = x.to(torch.float32)
-        sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)
-        if self.label_dim == 0:
-            class_labels = None
-        elif class_labels is None:
-            class_labels = torch.zeros([1, self.label_dim], device=x.device)
-        else:
-            class_labels = class_labels.to(torch.float32).reshape(-1, self.label_dim)
-        return x, sigma, class_labels
+        return precond_inputs(x, sigma, class_labels, self.label_dim)
 
     def forward(self, x: torch.Tensor, sigma, class_labels: torch.Tensor | None = None,
                 force_fp32: bool = False, *, return_logits: bool = False, **model_kwargs):
@@ -264,7 +268,3 @@ class EDMPrecond(Precond):
 PRECONDITIONERS: dict[str, type[Precond]] = {
     "EDMPrecond": EDMPrecond, "VPPrecond": VPPrecond, "VEPrecond": VEPrecond, "iDDPMPrecond": iDDPMPrecond,
 }
-
-# Every network class a file may name: EDM's wrappers above plus EDM2's preconditioner (`full.nets.edm2`,
-# called ``Precond`` in EDM2's own files). `full.store.network_file.build_network` looks names up here.
-NETWORKS: dict[str, type[nn.Module]] = {**PRECONDITIONERS, "EDM2Precond": EDM2Precond}

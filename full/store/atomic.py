@@ -5,6 +5,8 @@ import os
 import tempfile
 from typing import Callable
 
+from full.errors import ConfigError, SidError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -44,3 +46,16 @@ def remove_leftovers(folder: str | os.PathLike) -> int:
             freed += entry.stat().st_size
             os.unlink(entry.path)
     return freed
+
+
+def output_folder(folder: str | os.PathLike, what: str, error: type[SidError] = ConfigError) -> None:
+    """Create `folder` (with its parents) for a command's outputs, or raise `error` naming `what` (the option and
+    its value): a file in its place, a folder that cannot be made, or one this process cannot write into."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise error(f"{what} is a file; give a directory")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise error(f"{what} cannot be created ({e.strerror or e})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise error(f"{what} is not writable; choose another directory")

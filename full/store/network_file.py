@@ -3,7 +3,7 @@
 ``NAME.json`` holds ``{"format": "sid-network", "version": 1, "precond", "precond_kwargs", "architecture",
 "resolution", "channels", "label_dim", "encoder", "weights_id", "provenance"}``; ``precond_kwargs`` are the
 full keyword arguments of the network class (defaults filled in), so the network is rebuilt from the
-registry `full.nets.precond.NETWORKS` without pickles. ``encoder`` is null for EDM networks and EDM2's
+registry `full.nets.NETWORKS` without pickles. ``encoder`` is null for EDM networks and EDM2's
 encoder as data for EDM2 ones (`full.store.safe_build.check_encoder`). The pair is written and tied by
 `full.store.pair` (safetensors first, JSON last, a shared ``weights_id``).
 
@@ -20,7 +20,7 @@ import os
 import torch
 
 from full.errors import CheckpointError
-from full.nets.precond import NETWORKS
+from full.nets import NETWORKS
 from full.store.edm_pickle import NetworkSpec, load_edm_pickle
 from full.store.pair import read_pair, read_tensors, write_pair
 from full.store.resolve import PAIR, Location, locate

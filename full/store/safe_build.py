@@ -29,7 +29,8 @@ from torch import nn
 from full.errors import CheckpointError
 from full.nets.edm import ARCHITECTURES
 from full.nets.edm2 import Block as EDM2Block, EDM2Precond, UNet as EDM2UNet
-from full.nets.precond import NETWORKS, Precond
+from full.nets import NETWORKS
+from full.nets.precond import Precond
 
 MAX_PARAMETERS = 1 << 32        # about 4.3 billion; EDM2-XXL, the largest released model, has 1.5 billion
 _SLACK_BYTES = 1 << 20
