@@ -129,7 +129,7 @@ def cmd_step(args) -> dict:
 
 MNIST_ASSETS = {"teacher": "assets/mnist16-teacher.json", "classifier": "assets/mnist16-classifier.json",
                 "data": "data/mnist16.zip"}
-DEFAULT_GENERATORS = ["SiD=assets/mnist16-sid.json"]
+DEFAULT_GENERATORS = ["SiD=assets/mnist16-sid.json", "SiD²A=assets/mnist16-sid2a.json"]
 
 
 def named_path(text: str) -> tuple[str, str]:
@@ -236,6 +236,10 @@ def run_mnist(args) -> dict:
     os.makedirs(args.out, exist_ok=True)
     if any(curves.values()):
         _plot_curves(curves, rows, args.curve_num, os.path.join(args.out, "mnist_fid_vs_kimg.png"))
+    best_nfe = max(args.nfe)
+    _plot_samples([(f"teacher, Heun {best_nfe} NFE", teacher, (best_nfe + 1) // 2)]
+                  + [(f"{name}, one step", net, None) for name, net in generators],
+                  os.path.join(args.out, "mnist_samples.png"))
     with open(os.path.join(args.out, "mnist.json"), "w") as f:
         json.dump(result, f, indent=1)
     return result
@@ -257,6 +261,27 @@ def _mean_cov(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(0).astype(np.float64), np.cov(features.astype(np.float64), rowvar=False)
 
 
+def _plot_samples(models: list[tuple[str, torch.nn.Module, int | None]], path: str, seeds: range = range(40)) -> None:
+    """One panel per model, each on the same seeds (5 rows of 8 digits), side by side."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from full.eval.images import to_uint8
+    from full.eval.sampling import sample_images
+    fig, axes = plt.subplots(1, len(models), figsize=(3.4 * len(models), 2.6))
+    for ax, (name, net, teacher_steps) in zip(np.atleast_1d(axes), models):
+        x = to_uint8(sample_images(net, list(seeds), teacher_steps=teacher_steps))[..., 0]   # [N, H, W]
+        n, h, w = x.shape
+        grid = x.reshape(5, n // 5, h, w).transpose(0, 2, 1, 3).reshape(5 * h, n // 5 * w)
+        ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+    fig.suptitle(f"Seeds {seeds.start}-{seeds.stop - 1}, the same for every model", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
 def _plot_curves(curves: dict, rows: list[dict], num: int, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -268,7 +293,9 @@ def _plot_curves(curves: dict, rows: list[dict], num: int, path: str) -> None:
                         label=f"{name} one-step (G_ema)")
     for r in rows:
         if r["model"].startswith("teacher") and r["nfe"] >= 9:
-            ax.axhline(r["fid_mnist"], ls="--", lw=1, color="k", label=f"{r['model']} ({r['images']} images)")
+            ax.axhline(r["fid_mnist"], ls="--", lw=1, color="k",
+                       label=f"{r['model']}: {r['fid_mnist']:.1f} ± {r['fid_std']:.1f} (band: ± 3 std)")
+            ax.axhspan(r["fid_mnist"] - 3 * r["fid_std"], r["fid_mnist"] + 3 * r["fid_std"], color="k", alpha=0.08)
     ax.set(xlabel="distilled kimg", ylabel="FID-MNIST (log scale)",
            title=f"Distilling the MNIST-5k teacher ({num} images per point)")
     ax.legend(fontsize=8)

@@ -397,7 +397,8 @@ class Run:
         save_network(self.trainer.G_ema, self.directory.file(f"network-snapshot-{self.kimg_tag}"), provenance={
             "kind": "sid-generator", "preset": self.preset, "objective": self.config.objective,
             "kimg": self.trainer.nimg / 1000, "sigma_init": self.config.sigma_init, "alpha": self.config.alpha,
-            "teacher": self.config.teacher, "teacher_sha256": self.teacher_sha256})
+            "teacher": self.config.teacher, "teacher_sha256": self.teacher_sha256,
+            **({"init_generator": self.config.init_generator} if self.config.init_generator else {})})
 
     def save_state(self, seconds: float) -> None:
         if self.ranks.is_main:

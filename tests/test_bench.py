@@ -25,9 +25,10 @@ def test_mnist_bench_scores_models_over_disjoint_seed_sets(tmp_path, capsys):
                             "--runs", f"SiD={tmp_path / 'empty-run'}"]) == 0
     result = json.loads(capsys.readouterr().out)
     rows = {r["model"]: r for r in result["rows"]}
-    assert set(rows) == {"real data (100 of 5000)", "teacher Heun 1 NFE", "SiD one-step"}
-    real, teacher, sid = (rows[k] for k in ("real data (100 of 5000)", "teacher Heun 1 NFE", "SiD one-step"))
-    assert real["fid_mnist"] < sid["fid_mnist"] < teacher["fid_mnist"] / 5
+    assert set(rows) == {"real data (100 of 5000)", "teacher Heun 1 NFE", "SiD one-step", "SiD²A one-step"}
+    real, teacher, sid, sid2a = (rows[k] for k in ("real data (100 of 5000)", "teacher Heun 1 NFE", "SiD one-step",
+                                                   "SiD²A one-step"))
+    assert real["fid_mnist"] < sid2a["fid_mnist"] < sid["fid_mnist"] < teacher["fid_mnist"] / 5
     for row in (teacher, sid):  # mean and sample std over the two seed sets
         assert len(row["fid_per_set"]) == 2 and row["fid_per_set"][0] != row["fid_per_set"][1]
         assert row["fid_mnist"] == pytest.approx(sum(row["fid_per_set"]) / 2)
@@ -35,6 +36,7 @@ def test_mnist_bench_scores_models_over_disjoint_seed_sets(tmp_path, capsys):
     assert sum(sid["class_histogram"]) == 200 and sid["ms_per_image"] > 0
     assert json.loads((tmp_path / "mnist.json").read_text())["rows"] == result["rows"]
     assert result["fid_vs_kimg"] == {"SiD": []}  # a run without snapshots: no curve, and no error
+    assert (tmp_path / "mnist_samples.png").stat().st_size > 0  # the same seeds for every model, side by side
 
 
 def test_mnist_bench_refuses_even_nfe_and_malformed_generators(tmp_path):

@@ -170,7 +170,7 @@ if with_fid:
 
 # --------------------------------------------------------------------------- one step against the teacher
 st.header("The shipped MNIST models: one step against the teacher's sampler")
-teacher_path, generator_path = REPO / "assets/mnist16-teacher.json", REPO / "assets/mnist16-sid.json"
+teacher_path, generator_path = REPO / "assets/mnist16-teacher.json", REPO / "assets/mnist16-sid2a.json"
 if teacher_path.is_file() and generator_path.is_file():
     n = st.slider("Images (the same seeds for both)", 8, 64, 16, 8, key="runs_n")
     teacher_steps = st.slider("Teacher Heun steps (NFE = 2N - 1)", 1, 40, 18, key="runs_teacher_steps")
@@ -180,11 +180,12 @@ if teacher_path.is_file() and generator_path.is_file():
         from full.eval.images import grid, to_uint8
         from full.eval.sampling import sample_images
         seeds, results = list(range(n)), []
-        for label, path, steps in [("SiD one step", generator_path, None),
+        for label, path, steps in [("SiD²A one step", generator_path, None),
                                    (f"teacher, {2 * teacher_steps - 1} NFE", teacher_path, teacher_steps)]:
+            net = network(str(path))  # loaded (once per process) outside the timing
             start = time.perf_counter()
             with torch.no_grad():
-                images = sample_images(network(str(path)), seeds, teacher_steps=steps)
+                images = sample_images(net, seeds, teacher_steps=steps)
             ms = 1000 * (time.perf_counter() - start) / n
             results.append((label, grid(to_uint8(images), 8), ms))
         state["runs_generated"] = {"n": n, "teacher_steps": teacher_steps, "results": results}
@@ -192,7 +193,7 @@ if teacher_path.is_file() and generator_path.is_file():
     if generated:  # kept in the session: touching another control does not remove it
         (one_label, _, one_ms), (teacher_label, _, teacher_ms) = generated["results"]
         cols = st.columns(3)
-        cols[0].metric("SiD one step", f"{one_ms:.1f} ms/image")
+        cols[0].metric("SiD²A one step", f"{one_ms:.1f} ms/image")
         cols[1].metric(teacher_label[0].upper() + teacher_label[1:], f"{teacher_ms:.1f} ms/image")
         cols[2].metric("speed-up of one step", f"{teacher_ms / one_ms:.1f}x",
                        help="teacher ms/image divided by one-step ms/image, measured now on this server "
