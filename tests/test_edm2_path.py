@@ -33,7 +33,8 @@ def test_edm2_presets_carry_the_official_values(capsys):
     xxl = resolve("sida-edm2-img512-xxl", {})
     assert xxl.teacher == root + "edm2-img512-xxl-0939524-0.070.pkl"
     assert (xxl.duration, xxl.batch_gpu, xxl.dropout) == (100, 2, 0.1)
-    assert not resolve("sida-edm2-img512-s", {}).force_normalization   # the official s run: --force_normalization 0
+    small = resolve("sida-edm2-img512-s", {})   # the official s run: --force_normalization 0 --return_logvar 0
+    assert not small.force_normalization and not small.return_logvar and xs.return_logvar and xxl.return_logvar
     img64 = resolve("sid-edm2-img64-xl", {})
     assert img64.teacher == root + "edm2-img64-xl-0671088-0.040.pkl"
     assert (img64.objective, img64.p_mean, img64.p_std, img64.vae, img64.g_after_kimg) == ("sid", -0.8, 1.6, "", 0)

@@ -1,5 +1,6 @@
 """SiDA (Zhou et al. 2025): the discriminator logit of every EDM architecture and both steps' terms, against
 independent computations of the official formulas on given sigma and noise draws."""
+import dataclasses
 import math
 
 import numpy as np
@@ -282,6 +283,9 @@ def test_sid_and_sida_train_an_edm2_teacher_with_forced_weight_normalisation(tmp
                        p_mean=-0.4, p_std=1.0, gan_after_kimg=0, g_after_kimg=0)
     t = SiDTrainer(config, teacher, distributed.Ranks(0, 1, torch.device("cpu")), data=data)
     assert t.fake_objective.uses_logvar and t.objective.needs_logvar
+    plain = SiDTrainer(dataclasses.replace(config, return_logvar=False), teacher,
+                       distributed.Ranks(0, 1, torch.device("cpu")), data=data)   # EDM2's s recipe: no logvar
+    assert not plain.fake_objective.uses_logvar and not plain.objective.needs_logvar
     for _ in range(2):
         stats = t.iteration_step()
         assert stats.fake.dropped == 0 and stats.generator.dropped == 0

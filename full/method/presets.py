@@ -47,6 +47,9 @@ class SiDConfig:
     p_std: float = option(1.2, "f_psi step: std of ln sigma (EDM 1.2; EDM2 img512 1.0, img64 1.6)", POSITIVE)
     force_normalization: bool = option(True, "EDM2 networks: renormalise G's and f_psi's weights to unit norm "
                                              "before every step (EDM2's forced weight normalisation)")
+    return_logvar: bool = option(True, "EDM2 teachers: use f_psi's logvar head (its loss weighted by exp(-logvar) "
+                                       "plus logvar, both generator terms divided by exp(logvar)); false = EDM's "
+                                       "plain losses")
     # Optimisation
     batch: int = option(256, "images per iteration, over all ranks", AT_LEAST_ONE)
     batch_gpu: int | None = option(None, "images per rank per pass (gradient accumulation if smaller); None = all",
@@ -208,7 +211,7 @@ def _edm2_row(size: str, sida: bool) -> dict:
                p_mean=-0.4 if latent else -0.8, p_std=1.0 if latent else 1.6,
                vae="stabilityai/sd-vae-ft-mse" if latent else "")
     if size == "img512-s":
-        row["force_normalization"] = False
+        row.update(force_normalization=False, return_logvar=False)
     return dict(row, **EDM2_SIDA) if sida else row
 
 

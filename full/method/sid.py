@@ -131,7 +131,7 @@ class SiDTrainer:
         self.config, self.ranks, self.device = config, ranks, ranks.device
         self.batch_gpu, self.rounds = batch_gpu, config.batch // (batch_gpu * ranks.world)
         self.dtype = resolve_precision(config.precision, self.device)
-        logvar = has_logvar_head(teacher)
+        logvar = has_logvar_head(teacher) and config.return_logvar
         self.objective: GeneratorObjective = generator_objective(
             config.objective, logvar=logvar, alpha=config.alpha, gan_weight=config.lsg_gan / config.lsg,
             gan_after_nimg=int(config.gan_after_kimg * 1000))
