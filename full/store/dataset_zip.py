@@ -77,37 +77,6 @@ def _check_image(image: np.ndarray, i: int, first: tuple | None) -> np.ndarray:
     return image
 
 
-def write_dataset(path: str | os.PathLike, images: np.ndarray | Iterable[np.ndarray],
-                  labels: Sequence[int] | np.ndarray | None = None) -> int:
-    """Write `images` (an NHWC uint8 array, or any iterable of HWC/HW uint8 images, consumed one at a time)
-    and their integer class `labels` as an EDM dataset zip, atomically (nothing is left on any error).
-    Returns the number of images."""
-    labels = _check_labels(labels)
-    count = 0
-
-    def write(tmp: str) -> None:
-        nonlocal count
-        first, names = None, []
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-            for i, image in enumerate(images):
-                image = _check_image(image, i, first)
-                first = image.shape
-                buf = io.BytesIO()
-                Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(buf, format="PNG",
-                                                                                        compress_level=0)
-                zf.writestr(image_name(i), buf.getvalue())
-                names.append(image_name(i))
-            if not names:
-                raise DatasetError("no images to write")
-            if labels is not None and len(labels) != len(names):
-                raise DatasetError(f"{len(labels)} labels for {len(names)} images")
-            entries = None if labels is None else [[n, int(label)] for n, label in zip(names, labels)]
-            zf.writestr("dataset.json", json.dumps({"labels": entries}))
-        count = len(names)
-    atomic_write(path, write)
-    return count
-
-
 def _check_labels(labels) -> np.ndarray | None:
     if labels is None:
         return None
@@ -117,40 +86,66 @@ def _check_labels(labels) -> np.ndarray | None:
     return labels
 
 
+def _write_zip(path: str | os.PathLike, entries: Iterable[tuple[str, bytes]], labels: np.ndarray | None,
+               what: str) -> int:
+    """Write (name, bytes) `entries`, consumed one at a time, and ``dataset.json`` with the labels as an EDM dataset
+    zip, atomically (nothing is left on any error). Returns the number of entries."""
+    count = 0
+
+    def write(tmp: str) -> None:
+        nonlocal count
+        names = []
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, data in entries:
+                zf.writestr(name, data)
+                names.append(name)
+            if not names:
+                raise DatasetError(f"no {what} to write")
+            if labels is not None and len(labels) != len(names):
+                raise DatasetError(f"{len(labels)} labels for {len(names)} {what}")
+            rows = None if labels is None else [[n, int(label)] for n, label in zip(names, labels)]
+            zf.writestr("dataset.json", json.dumps({"labels": rows}))
+        count = len(names)
+    atomic_write(path, write)
+    return count
+
+
+def write_dataset(path: str | os.PathLike, images: np.ndarray | Iterable[np.ndarray],
+                  labels: Sequence[int] | np.ndarray | None = None) -> int:
+    """Write `images` (an NHWC uint8 array, or any iterable of HWC/HW uint8 images, consumed one at a time)
+    and their integer class `labels` as an EDM dataset zip, atomically (nothing is left on any error).
+    Returns the number of images."""
+    def entries() -> Iterator[tuple[str, bytes]]:
+        first = None
+        for i, image in enumerate(images):
+            image = _check_image(image, i, first)
+            first = image.shape
+            buf = io.BytesIO()
+            Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(buf, format="PNG", compress_level=0)
+            yield image_name(i), buf.getvalue()
+    return _write_zip(path, entries(), _check_labels(labels), "images")
+
+
 def write_latent_dataset(path: str | os.PathLike, arrays: Iterable[np.ndarray],
                          labels: Sequence[int] | np.ndarray | None = None) -> int:
     """Write float32 arrays [C, H, W] (EDM2: the VAE posterior's mean and std, C = 8), consumed one at a time,
     as ``.npy`` entries named like EDM2's (`latent_name`) with ``dataset.json`` labels, atomically (nothing is
     left on any error). Returns the number of arrays."""
-    labels = _check_labels(labels)
-    count = 0
-
-    def write(tmp: str) -> None:
-        nonlocal count
-        first, names = None, []
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for i, array in enumerate(arrays):
-                array = np.ascontiguousarray(array, dtype=np.float32)
-                side = array.shape[-1] if array.ndim == 3 else 0
-                if array.ndim != 3 or array.shape[1] != side or side & (side - 1) or not 1 <= array.shape[0] <= MAX_CHANNELS:
-                    raise DatasetError(f"latent {i} has shape {array.shape}; latent datasets hold [C, H, W] arrays, "
-                                       f"square with a power-of-two side and at most {MAX_CHANNELS} channels")
-                if first is not None and array.shape != first:
-                    raise DatasetError(f"latent {i} has shape {array.shape}, but latent 0 has {first}")
-                first = array.shape
-                buf = io.BytesIO()
-                np.save(buf, array, allow_pickle=False)
-                zf.writestr(latent_name(i), buf.getvalue())
-                names.append(latent_name(i))
-            if not names:
-                raise DatasetError("no latents to write")
-            if labels is not None and len(labels) != len(names):
-                raise DatasetError(f"{len(labels)} labels for {len(names)} latents")
-            entries = None if labels is None else [[n, int(label)] for n, label in zip(names, labels)]
-            zf.writestr("dataset.json", json.dumps({"labels": entries}))
-        count = len(names)
-    atomic_write(path, write)
-    return count
+    def entries() -> Iterator[tuple[str, bytes]]:
+        first = None
+        for i, array in enumerate(arrays):
+            array = np.ascontiguousarray(array, dtype=np.float32)
+            side = array.shape[-1] if array.ndim == 3 else 0
+            if array.ndim != 3 or array.shape[1] != side or side & (side - 1) or not 1 <= array.shape[0] <= MAX_CHANNELS:
+                raise DatasetError(f"latent {i} has shape {array.shape}; latent datasets hold [C, H, W] arrays, "
+                                   f"square with a power-of-two side and at most {MAX_CHANNELS} channels")
+            if first is not None and array.shape != first:
+                raise DatasetError(f"latent {i} has shape {array.shape}, but latent 0 has {first}")
+            first = array.shape
+            buf = io.BytesIO()
+            np.save(buf, array, allow_pickle=False)
+            yield latent_name(i), buf.getvalue()
+    return _write_zip(path, entries(), _check_labels(labels), "latents")
 
 
 # ------------------------------------------------------------------------------------------------ reading
