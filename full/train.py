@@ -4,6 +4,7 @@
     torchrun --nproc_per_node 4 -m full.train --preset cifar10-uncond --outdir runs/c10
     python -m full.train --preset sida-cifar10-uncond --data cifar10-32x32.zip --outdir runs/c10-sida
     python -m full.train --preset mnist16-cpu --outdir runs/mnist      # real distillation on a CPU
+    python -m full.train --preset mnist16-sid2a-cpu --outdir runs/mnist-sid2a   # SiD²A from assets/mnist16-sid
     python -m full.train --preset ffhq64 --dry-run                     # print the resolved config
 
 The run directory belongs to one run. It holds config.json, log.jsonl (one typed Tick record per tick; read it

@@ -429,7 +429,7 @@ def test_memory_and_time_of_every_case(tmp_path):
 
 def test_every_constructor_argument_has_a_rule():
     """A new constructor argument must get a limit in RULES (arguments without one fall back to small numbers)."""
-    from full.nets.precond import NETWORKS
+    from full.nets import NETWORKS
     from full.store.safe_build import RULES, accepted_arguments
     names = set()
     for network in NETWORKS:
