@@ -1,4 +1,5 @@
-"""Denoiser networks: EDM's U-Nets (`edm`), their preconditioning wrappers (`precond`) and EDM2's magnitude-preserving U-Net (`edm2`).
+"""Denoiser networks: EDM's U-Nets (`edm`), their preconditioning wrappers (`precond`) and EDM2's
+magnitude-preserving U-Net (`edm2`).
 
 `NETWORKS` is every network class a file may name: EDM's wrappers plus EDM2's preconditioner (called ``Precond`` in
 EDM2's own files). `full.store.network_file.build_network` looks names up here.

@@ -71,8 +71,8 @@ def _check_levels(halving: str, resolution: int, channels: int, mult: list, kwar
         raise ConfigError(f"--model-channels {kwargs.get('model_channels')} and --channel-mult {_csv(mult)} must be "
                           f"positive, with at least one level")
     if resolution >> (len(mult) - 1) < 1:
-        raise ConfigError(f"--channel-mult {_csv(mult)} has {len(mult)} levels, but a {resolution}x{resolution} image can be "
-                          f"halved only {resolution.bit_length() - 1} times; give at most "
+        raise ConfigError(f"--channel-mult {_csv(mult)} has {len(mult)} levels, but a {resolution}x{resolution} "
+                          f"image can be halved only {resolution.bit_length() - 1} times; give at most "
                           f"{resolution.bit_length()} multipliers")
     levels = [resolution >> level for level in range(len(mult))]
     wrong = [r for r in kwargs.get("attn_resolutions", []) if r not in levels]

@@ -136,7 +136,8 @@ def write_latent_dataset(path: str | os.PathLike, arrays: Iterable[np.ndarray],
         for i, array in enumerate(arrays):
             array = np.ascontiguousarray(array, dtype=np.float32)
             side = array.shape[-1] if array.ndim == 3 else 0
-            if array.ndim != 3 or array.shape[1] != side or side & (side - 1) or not 1 <= array.shape[0] <= MAX_CHANNELS:
+            square = array.ndim == 3 and array.shape[1] == side and not side & (side - 1)
+            if not square or not 1 <= array.shape[0] <= MAX_CHANNELS:
                 raise DatasetError(f"latent {i} has shape {array.shape}; latent datasets hold [C, H, W] arrays, "
                                    f"square with a power-of-two side and at most {MAX_CHANNELS} channels")
             if first is not None and array.shape != first:
