@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,6 +139,22 @@ def test_paper_table_values():
     assert PRESETS["afhqv2-64"]["alpha"] == 1.0 and PRESETS["afhqv2-64"]["lr"] == 5e-6
     assert PRESETS["imagenet64-cond"]["batch"] == 8192 and PRESETS["imagenet64-cond"]["ema"] == 2.0
     assert PRESETS["ffhq64"]["g_beta1"] == 0.9 and PRESETS["cifar10-cond"]["duration"] == 800
+
+
+def test_cpu_sida_presets_are_the_readme_runs():
+    """The settings behind the README's MNIST SiDA/SiD²A numbers: a change here must come with new runs."""
+    from full.method.presets import resolve
+    sida, sid2a = resolve("mnist16-sida-cpu", {}), resolve("mnist16-sid2a-cpu", {})
+    for c in (sida, sid2a):
+        assert (c.objective, c.alpha, c.data, c.lr, c.lsd, c.lsg_gan, c.gan_after_kimg, c.psi_grad_clip) == \
+            ("sida", 1.0, "data/mnist16.zip", 1e-4, 10.0, 1.0, 0.0, 1.0)
+        assert (c.batch, c.duration, c.teacher, c.sigma_init, c.t_max) == (32, 0.0256, "assets/mnist16-teacher.json",
+                                                                           2.5, 800)
+    assert (sida.init_generator, sida.glr, sida.g_after_kimg) == ("", 3e-5, 0.0)
+    assert (sid2a.init_generator, sid2a.glr, sid2a.g_after_kimg) == ("assets/mnist16-sid.json", 1e-5, 3.2)
+    shipped = json.loads((Path(__file__).resolve().parents[1] / "assets" / "mnist16-sid2a.json").read_text())
+    assert {k: shipped["provenance"][k] for k in ("preset", "objective", "kimg", "init_generator")} == \
+        {"preset": "mnist16-sid2a-cpu", "objective": "sida", "kimg": 25.6, "init_generator": "assets/mnist16-sid.json"}
 
 
 # ----------------------------------------------------------------------------- bad input: one line, exit 2

@@ -148,7 +148,7 @@ PRESETS.update({
 # --source mnist5k --dest data/mnist16.zip --resolution 16`). Our own settings, not the paper's: a run of a few
 # hundred iterations needs f_psi (and so its encoder, the discriminator) to move faster than the paper's 1e-5, and
 # a GAN weight that matters from the start (lsg_gan 1: the GAN gradient is several times the SiD gradient). A
-# sweep of lsg_gan (0, 0.1, 1, 3) from the SiD generator is in the README ("SiDA on CPU").
+# sweep of lsg_gan (0, 0.1, 1, 3) from the SiD generator is in the README ("A real result on CPU").
 MNIST16_SIDA = dict(PRESETS["mnist16-cpu"], **dict(SIDA, lsd=10.0, lsg_gan=1.0, gan_after_kimg=0.0),
                     data="data/mnist16.zip", lr=1e-4, duration=0.0256, metric_num=2000)
 PRESETS.update({
