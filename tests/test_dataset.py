@@ -18,6 +18,7 @@ from PIL import Image
 
 from full import dataset as dataset_cli
 from full.store.dataset_zip import DatasetError, ImageZipDataset, image_name, label_sampler, write_dataset
+from in_process import run_main
 
 
 def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
@@ -307,12 +308,7 @@ def run_cli(*argv):
 
 def cli(capsys, *argv):
     """`full.dataset.main` in this process (argparse's exit included): (exit status, stdout, stderr)."""
-    try:
-        code = dataset_cli.main([str(a) for a in argv])
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(dataset_cli.main, capsys, *argv)
 
 
 def assert_one_line_error(result, *needles):

@@ -15,6 +15,7 @@ from full.eval.sampler import SAMPLER_PRESETS
 from full.eval.sampling import MAX_SEED, Seeds, format_seeds, parse_seeds, sample_images
 from full.nets.architectures import build_edm
 from full.store.network_file import load_network, save_network
+from in_process import run_main
 
 
 # ------------------------------------------------------------------------------------------------ seeds
@@ -72,12 +73,7 @@ def read_pngs(outdir, seeds):
 
 
 def cli(capsys, *argv):
-    try:
-        code = generate.main([str(a) for a in argv])
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(generate.main, capsys, *argv)
 
 
 def test_images_depend_on_the_seed_alone(nets, tmp_path, capsys):

@@ -17,6 +17,7 @@ from full.store.network_file import load_network, save_network
 from full.store.dataset_zip import write_dataset
 from full.method.presets import SiDConfig
 from full.train_teacher import TeacherConfig, build_teacher
+from in_process import run_main
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
 
@@ -310,11 +311,7 @@ def test_calc_mistakes_are_one_line(files, ref, capsys, argv, needle):
     (root / "bomb").mkdir(exist_ok=True)
     _png_30000(root / "bomb" / "a.png")
     argv = [a.format(**files) for a in argv]
-    try:
-        code = metrics.main([str(a) for a in _calc(files, ref, "--num", "10", *argv)])
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
+    code, out, err = run_main(metrics.main, capsys, *_calc(files, ref, "--num", "10", *argv))
     assert code == 2 and out == "" and "Traceback" not in err
     assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
 
@@ -329,11 +326,7 @@ def test_ref_mistakes_write_nothing(files, capsys, argv, needle):
     (files["root"] / "not-a-zip.zip").write_bytes(b"nope")
     dest = files["root"] / "never.npz"
     argv = ["--dest", str(dest), "--detector", files["detector"]] + [a.format(**files) for a in argv]
-    try:
-        code = metrics.main(["ref", *argv])
-    except SystemExit as exit:
-        code = exit.code
-    err = capsys.readouterr().err
+    code, _, err = run_main(metrics.main, capsys, "ref", *argv)
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
     assert not dest.exists()
 

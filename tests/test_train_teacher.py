@@ -13,6 +13,7 @@ from full import train_teacher
 from full.store.dataset_zip import ImageZipDataset, write_dataset
 from full.store.network_file import load_network
 from full.train_teacher import TeacherConfig, TeacherTraining, build_teacher
+from in_process import run_main
 
 TINY = ["--model-channels", "8", "--channel-mult", "1,2", "--batch", "16", "--threads", "2", "--warmup-kimg", "0.1"]
 
@@ -28,12 +29,7 @@ def data(tmp_path_factory):
 
 
 def cli(capsys, *argv):
-    try:
-        code = train_teacher.main([str(a) for a in argv])
-    except SystemExit as exit:
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(train_teacher.main, capsys, *argv)
 
 
 def assert_one_line(code, out, err, *needles):
