@@ -37,6 +37,7 @@ from full.method.losses import (DenoisingLoss, DenoisingWithDiscriminator, Gener
                                 generator_objective, sample_generator_sigma)
 from full.method.optim import adam
 from full.method.presets import SiDConfig
+from full.store.latent import encoder_for
 
 PHASES = {"fake": 1, "generator": 2, "grid": 3}
 
@@ -142,6 +143,7 @@ class SiDTrainer:
             raise ConfigError(f"--objective {config.objective} needs real images: pass --data DATASET.zip "
                               f"(the teacher's training set as an EDM dataset zip)")
         self.data = data
+        self.encoder = encoder_for(teacher)  # how real dataset items reach the teacher's model space (SiDA)
         self.f_phi = teacher.to(self.device).eval().requires_grad_(False)
         self.f_psi = copy.deepcopy(self.f_phi).requires_grad_(True)
         self.G = copy.deepcopy(init_generator.to(self.device) if init_generator is not None else self.f_phi)
@@ -184,10 +186,9 @@ class SiDTrainer:
         or EDM2 latents (mean + std n) scale + bias with n drawn from `rng` after the indices, see
         `full.store.latent`) and one-hot labels for the teacher (None when it is unconditional). The
         generator's labels come from this batch."""
-        from full.store.latent import encoder_for
         idx = torch.randint(len(self.data), (n,), generator=rng, device=self.device).cpu()
         raw, labels = self.data.batch(idx, images=images)
-        real = None if raw is None else encoder_for(self.f_phi).encode_dataset_batch(raw.to(self.device), rng)
+        real = None if raw is None else self.encoder.encode_dataset_batch(raw.to(self.device), rng)
         labels = None if self.label_dim == 0 else labels.to(self.device, torch.float32)
         return real, labels
 
