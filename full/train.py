@@ -45,7 +45,7 @@ from full.method.loop import training_loop
 from full.method.presets import PRESETS, SiDConfig, resolve
 from full.method.records import Progress, Tick, read_log
 from full.options import add_options, overrides
-from full.store.atomic import atomic_write, remove_leftovers
+from full.store.atomic import atomic_write, atomic_write_text, remove_leftovers
 
 STATE_GLOB = "training-state-*.pt"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
@@ -158,12 +158,7 @@ class RunDirectory:
         return recorded
 
     def write_json(self, name: str, value: dict, durable: bool = True) -> None:
-        text = json.dumps(value, indent=2) + "\n"
-
-        def write(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-        atomic_write(self.file(name), write, durable)
+        atomic_write_text(self.file(name), json.dumps(value, indent=2) + "\n", durable)
 
     def append_log(self, tick: Tick) -> None:
         """Append one line and push it to disk (a crash can tear at most this line; `read_log` skips it)."""
@@ -178,12 +173,7 @@ class RunDirectory:
         if not os.path.exists(self.file("log.jsonl")):
             return
         kept = [t for t in read_log(self.file("log.jsonl")) if t.iteration <= iteration]
-        text = "".join(json.dumps(t.to_json()) + "\n" for t in kept)
-
-        def write(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-        atomic_write(self.file("log.jsonl"), write)
+        atomic_write_text(self.file("log.jsonl"), "".join(json.dumps(t.to_json()) + "\n" for t in kept))
 
     def save_state(self, state: dict, tag: str, keep: int) -> None:
         atomic_write(self.file(f"training-state-{tag}.pt"), lambda tmp: torch.save(state, tmp))

@@ -37,6 +37,14 @@ def atomic_write(final: str | os.PathLike, write: Callable[[str], None], durable
         raise
 
 
+def atomic_write_text(final: str | os.PathLike, text: str, durable: bool = True) -> None:
+    """`atomic_write` of a UTF-8 text file."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    atomic_write(final, write, durable)
+
+
 def remove_leftovers(folder: str | os.PathLike) -> int:
     """Delete the temporary files of interrupted `atomic_write` calls in `folder` (a killed process cannot
     clean up after itself); returns how many bytes were freed. Call it only while no other process writes there."""

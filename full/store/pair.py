@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from full.errors import CheckpointError
-from full.store.atomic import atomic_write
+from full.store.atomic import atomic_write, atomic_write_text
 
 MAX_JSON_BYTES = 16 << 20       # a description is a few kB
 MAX_HEADER_BYTES = 64 << 20     # safetensors itself allows 100 MB
@@ -175,13 +175,8 @@ def write_pair(stem: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: 
     Path(stem).parent.mkdir(parents=True, exist_ok=True)
     weights_id = uuid.uuid4().hex
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    text = json.dumps({"format": format, **meta, "weights_id": weights_id}, indent=2) + "\n"
-
-    def write_json(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
+    text = json.dumps({"format": format, **meta, "weights_id": weights_id}, indent=2) + "\n"  # fails before writing
     atomic_write(stem + ".safetensors", lambda tmp: safetensors.torch.save_file(
         tensors, tmp, metadata={"format": format, "weights_id": weights_id}))
-    atomic_write(stem + ".json", write_json)
+    atomic_write_text(stem + ".json", text)
     return stem
