@@ -270,16 +270,11 @@ def check_metric_inputs(config: SiDConfig, teacher: torch.nn.Module) -> None:
     so a mistake stops the run before its first iteration, not after its first tick."""
     if not config.metric_every:
         return
-    from full.eval.measure import cached_detector, cached_stats
+    from full.eval.measure import cached_detector, cached_stats, check_dims
     from full.store.latent import decoder_for
-    detector = cached_detector(config.detector, "cpu")
     mu, _ = cached_stats(config.metric_ref)
     shape = decoder_for(teacher, config.vae).pixel_shape(teacher.img_channels, teacher.img_resolution)  # latents: VAE
-    blank = torch.zeros((1, *shape), dtype=torch.uint8)
-    dim = detector.features(blank).shape[1]
-    if dim != len(mu):
-        raise ConfigError(f"--metric-ref {config.metric_ref} holds {len(mu)}-d statistics but --detector "
-                          f"{config.detector} gives {dim}-d features; compute the reference with the same detector")
+    check_dims(cached_detector(config.detector, "cpu"), shape, len(mu), config.metric_ref, "--metric-ref")
 
 
 # ---------------------------------------------------------------------------------------- the run

@@ -179,6 +179,18 @@ def test_numbers_that_cannot_work_are_refused_when_parsed(option, value, needle)
     assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_a_reference_that_does_not_fit_the_detector_is_refused_before_training(tmp_path):
+    from full.eval.fid import save_stats
+    stem = tmp_path / "teacher16"
+    save_network(tiny_teacher(resolution=16), stem, {"kind": "edm-teacher", "trained_on": "tiny"})
+    save_stats(tmp_path / "ref5.npz", np.zeros(5), np.eye(5))  # the shipped MNIST classifier gives 128-d features
+    detector = Path(__file__).resolve().parents[1] / "assets" / "mnist16-classifier.json"
+    one_line_error(train_cli("--teacher", str(stem) + ".json", "--metric-every", "1", "--metric-ref",
+                             str(tmp_path / "ref5.npz"), "--detector", str(detector), "--outdir", str(tmp_path / "r"),
+                             *TINY), "--metric-ref " + str(tmp_path / "ref5.npz") + " holds 5-d statistics")
+    assert not (tmp_path / "r" / "log.jsonl").exists()
+
+
 def test_bad_inputs_fail_with_one_line(teacher_file, tmp_path):
     one_line_error(train_cli("--teacher", str(tmp_path / "missing.pkl"), "--outdir", str(tmp_path / "r")),
                    "missing.pkl")

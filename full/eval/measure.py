@@ -215,11 +215,12 @@ def measure(detector: FeatureNet, batches: Iterable[torch.Tensor], total: int, *
     return out
 
 
-def check_dims(detector: FeatureNet, shape: tuple[int, ...], dim: int, ref: str) -> None:
-    """Refuse reference statistics whose dimension differs from the detector's features on `shape` images."""
+def check_dims(detector: FeatureNet, shape: tuple[int, ...], dim: int, ref: str, ref_option: str = "--ref") -> None:
+    """Refuse reference statistics (given as `ref_option` `ref`) whose dimension differs from the detector's
+    features on `shape` images."""
     got = detector.features(torch.zeros((1, *shape), dtype=torch.uint8)).shape[1]
     if got != dim:
-        raise MetricsError(f"--ref {ref} holds {dim}-d statistics but {detector.name} gives {got}-d features; "
+        raise MetricsError(f"{ref_option} {ref} holds {dim}-d statistics but {detector.name} gives {got}-d features; "
                            f"compute the reference with the same --detector")
 
 
