@@ -201,7 +201,7 @@ def run_mnist(args) -> dict:
     """Every model on the same seed sets, then FID against distilled kimg for each run directory."""
     from full.dataset import convert
     from full.eval.detectors import load_detector
-    from full.eval.fid import frechet_distance
+    from full.eval.fid import FeatureStats, frechet_distance
     from full.eval.measure import dataset_batches, measure
     from full.store.dataset_zip import ImageZipDataset
     from full.store.network_file import load_network
@@ -221,7 +221,8 @@ def run_mnist(args) -> dict:
     # Floor: disjoint subsets of the real digits against the statistics of all of them.
     floor_n = min(args.num, len(data) // args.sets)
     order = np.random.default_rng(0).permutation(len(data))
-    floors = [frechet_distance(*_mean_cov(real.features[order[s * floor_n:(s + 1) * floor_n]]), *scorer.reference)
+    floors = [frechet_distance(*FeatureStats.of(real.features[order[s * floor_n:(s + 1) * floor_n]]).mean_cov(),
+                               *scorer.reference)
               for s in range(args.sets)]
     rows = [{"model": f"real data ({floor_n} of {len(data)})", "nfe": 0, "fid_mnist": statistics.mean(floors),
              "fid_std": statistics.stdev(floors) if len(floors) > 1 else 0.0, "fid_per_set": floors}]
@@ -254,11 +255,6 @@ def fid_against_kimg(scorer: Scorer, folder: str, num: int) -> list[dict]:
         points.append({"kimg": float(net.provenance.get("kimg", 0.0)),
                        "fid_mnist": scorer.score(snapshot.name, net, list(range(num)), None)["fid"]})
     return points
-
-
-def _mean_cov(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and unbiased covariance of a feature matrix, in float64."""
-    return features.mean(0).astype(np.float64), np.cov(features.astype(np.float64), rowvar=False)
 
 
 def _plot_samples(models: list[tuple[str, torch.nn.Module, int | None]], path: str, seeds: range = range(40)) -> None:

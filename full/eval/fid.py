@@ -24,6 +24,13 @@ class FeatureStats:
     def __init__(self):
         self.n, self.mu, self.m2 = 0, None, None
 
+    @classmethod
+    def of(cls, features: torch.Tensor | np.ndarray) -> "FeatureStats":
+        """The statistics of one feature matrix [N, D]."""
+        stats = cls()
+        stats.update(features)
+        return stats
+
     def update(self, features: torch.Tensor | np.ndarray) -> None:
         x = np.asarray(features, dtype=np.float64)
         if len(x) == 0:
