@@ -16,7 +16,6 @@ import contextlib
 import json
 import math
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -49,6 +48,7 @@ def measure_step(batch: int, iterations: int, threads: int, checkpointing: bool)
     """Time SiD iterations of the CIFAR-10 DDPM++ network on the CPU after one warm-up; peak RSS of this process."""
     from full import distributed
     from full.method.presets import PRESETS, SiDConfig
+    from full.method.loop import peak_memory_gib
     from full.method.sid import SiDTrainer
     from full.nets.architectures import EDM_RELEASED, build_edm
     torch.set_num_threads(threads)
@@ -62,7 +62,7 @@ def measure_step(batch: int, iterations: int, threads: int, checkpointing: bool)
     for _ in range(iterations):
         trainer.iteration_step()
     seconds = (time.perf_counter() - start) / iterations
-    return {"sec_per_iter": seconds, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+    return {"sec_per_iter": seconds, "peak_rss_gib": peak_memory_gib(torch.device("cpu"))}
 
 
 @contextlib.contextmanager
