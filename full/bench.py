@@ -167,13 +167,9 @@ class Scorer:
 
     def score(self, name: str, net, seeds: list[int], teacher_steps: int | None) -> dict:
         from full.eval.fid import frechet_distance
-        from full.eval.images import to_uint8
-        from full.eval.measure import measure
-        from full.eval.sampling import sample_images
-        start, batches = time.perf_counter(), []
-        for i in range(0, len(seeds), 250):
-            x = sample_images(net, seeds[i:i + 250], teacher_steps=teacher_steps)
-            batches.append(torch.from_numpy(to_uint8(x)).permute(0, 3, 1, 2))
+        from full.eval.measure import generator_batches, measure
+        start = time.perf_counter()
+        batches = list(generator_batches(net, seeds, 250, teacher_steps=teacher_steps))  # timed apart from features
         ms = 1000 * (time.perf_counter() - start) / len(seeds)
         m = measure(self.detector, batches, len(seeds), probs=True, desc=name)
         counts = np.bincount(m.probs.argmax(1), minlength=m.probs.shape[1])

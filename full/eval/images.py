@@ -9,11 +9,12 @@ import torch
 from PIL import Image
 
 from full.store.atomic import atomic_write
+from full.store.latent import PixelEncoder
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[-1, 1] NCHW float -> NHWC uint8 with EDM's rounding: clip(x * 127.5 + 128, 0, 255)."""
-    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    """[-1, 1] NCHW float -> NHWC uint8 with EDM's rounding (`PixelEncoder.decode`)."""
+    return PixelEncoder().decode(x).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _pil(pixels: np.ndarray) -> Image.Image:
