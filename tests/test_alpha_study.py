@@ -10,7 +10,8 @@ from full.errors import ConfigError
 from full.method.losses import DenoisingLoss
 from toy import alpha_study
 from toy.alpha_study import (PRESETS, RunRecord, StudyPlan, compare, diverged, final_distance, load_records, make_plan,
-                             run_study, save_records, steps_to_threshold, study_document, write_outputs)
+                             run_study, save_records, study_document, write_outputs)
+from toy.metrics import steps_to_threshold
 from toy.distill import ToyConfig, ToyDistillation, fit_teacher, fitted_teacher
 from toy.families import GaussianMixture
 from toy.metrics import energy_distance, energy_floor

@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from toy.distill import FITTED_TEACHERS, ToyConfig, ToyDistillation, fit_teacher, teacher_key
-from toy.metrics import energy_distance, energy_floor
+from toy.metrics import energy_distance, energy_floor, steps_to_threshold
 from toy.targets import make_target
 
 STUDIES = ("dimension", "teacher", "fake_steps")
@@ -109,11 +109,6 @@ def load_records(path: str | Path) -> list[RunRecord]:
     if not path.is_file():
         return []
     return [RunRecord.from_json(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
-
-
-def steps_to_threshold(eval_steps: list[int], distances: list[float], threshold: float) -> int | None:
-    """The first evaluated step whose distance is at or below `threshold`; None if there is none."""
-    return next((step for step, d in zip(eval_steps, distances) if d <= threshold), None)
 
 
 def final_distance(distances: list[float], last: int) -> float:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from full.method.losses import GENERATOR_OBJECTIVES
 from toy.distill import ToyConfig, ToyDistillation
+from toy.metrics import steps_to_threshold
 
 METHODS = {  # label -> (objective, alpha)
     "SiD alpha=0.5": ("sid", 0.5),
@@ -51,7 +52,7 @@ def run_method(setting: Setting, objective: str, alpha: float, seed: int, steps:
                                  steps=steps or setting.config.steps)
     records = [r for r in ToyDistillation(config) if r.energy is not None]
     curve = [(r.step, getattr(r, setting.metric)) for r in records]
-    reached = next((step for step, d in curve if d <= setting.threshold), None)
+    reached = steps_to_threshold(*zip(*curve), setting.threshold)
     return {"curve": curve, "steps_to_threshold": reached, "final": curve[-1][1], "off_mode": records[-1].off_mode}
 
 

@@ -46,3 +46,8 @@ def off_mode_fraction(target: GaussianMixture, samples: torch.Tensor, radius: fl
 def target_nll(target: GaussianMixture, samples: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood of samples under the exact target density."""
     return -target.log_prob(samples).mean()
+
+
+def steps_to_threshold(eval_steps: list[int], distances: list[float], threshold: float) -> int | None:
+    """The first evaluated step whose distance is at or below `threshold`; None if there is none."""
+    return next((step for step, d in zip(eval_steps, distances) if d <= threshold), None)
