@@ -189,6 +189,11 @@ def test_a_reference_that_does_not_fit_the_detector_is_refused_before_training(t
                              str(tmp_path / "ref5.npz"), "--detector", str(detector), "--outdir", str(tmp_path / "r"),
                              *TINY), "--metric-ref " + str(tmp_path / "ref5.npz") + " holds 5-d statistics")
     assert not (tmp_path / "r" / "log.jsonl").exists()
+    small = tmp_path / "teacher8"   # the classifier reads 16x16 digits only
+    save_network(tiny_teacher(), small, {"kind": "edm-teacher", "trained_on": "tiny"})
+    one_line_error(train_cli("--teacher", str(small) + ".json", "--metric-every", "1", "--metric-ref",
+                             str(tmp_path / "ref5.npz"), "--detector", str(detector), "--outdir", str(tmp_path / "s"),
+                             *TINY), "cannot read 8x8 images with 1 channel(s)")
 
 
 def test_bad_inputs_fail_with_one_line(teacher_file, tmp_path):

@@ -218,7 +218,11 @@ def measure(detector: FeatureNet, batches: Iterable[torch.Tensor], total: int, *
 def check_dims(detector: FeatureNet, shape: tuple[int, ...], dim: int, ref: str, ref_option: str = "--ref") -> None:
     """Refuse reference statistics (given as `ref_option` `ref`) whose dimension differs from the detector's
     features on `shape` images."""
-    got = detector.features(torch.zeros((1, *shape), dtype=torch.uint8)).shape[1]
+    try:
+        got = detector.features(torch.zeros((1, *shape), dtype=torch.uint8)).shape[1]
+    except RuntimeError as error:  # a layer that cannot take this image size (a fixed-size classifier)
+        raise MetricsError(f"{detector.name} cannot read {shape[1]}x{shape[2]} images with {shape[0]} channel(s) "
+                           f"({str(error).splitlines()[0]}); use a detector for this image size") from None
     if got != dim:
         raise MetricsError(f"{ref_option} {ref} holds {dim}-d statistics but {detector.name} gives {got}-d features; "
                            f"compute the reference with the same --detector")
