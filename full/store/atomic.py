@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash never leaves a half-written file under the final name."""
+"""Writing outputs safely: atomic file writes (a crash never leaves a half-written file under the final name),
+the leftovers of killed writes, and output folders checked before anything is written."""
 from __future__ import annotations
 
 import os
