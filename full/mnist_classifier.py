@@ -147,16 +147,6 @@ def _check_meta(meta: dict, meta_path) -> dict:
     return kwargs
 
 
-def read_meta(meta_path: str | os.PathLike) -> dict:
-    """The json half of a saved classifier, checked to be ours."""
-    from full.store.pair import read_json
-    meta = read_json(meta_path, ClassifierError)
-    if meta.get("format") != FORMAT:
-        raise ClassifierError(f"{meta_path} is not a {FORMAT} MnistClassifier description")
-    _check_meta(meta, meta_path)
-    return meta
-
-
 def load_classifier(location: str | os.PathLike, weights_path: str | os.PathLike | None = None, *,
                     what: str = "classifier") -> MnistClassifier:
     """Rebuild the classifier from its pair, given as ``NAME``, ``NAME.json``, ``NAME.safetensors`` or a URL

@@ -25,7 +25,6 @@ and allocator fragmentation, the rest (`usable_gib`, 71.5 GiB) to the state, the
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -149,7 +148,3 @@ def memory_table(measured: list[StepMemory] | None = None, usable_gib: float = G
         cells += [f"{r.per_sample_gib[k]:.2f}" for k in keys] + [str(r.max_batch[k]) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def measurements_json(measured: list[StepMemory]) -> list[dict]:
-    return [dataclasses.asdict(m) for m in measured]
