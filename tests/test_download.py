@@ -3,7 +3,7 @@ import torch
 
 import full
 from full.store.network_file import save_network
-from full.store.download import fetch
+from full.store.resolve import fetch
 from full.train_teacher import TeacherConfig, build_teacher
 
 

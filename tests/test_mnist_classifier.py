@@ -22,7 +22,7 @@ def mnist16(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def meta():
-    from full.store.download import fetch
+    from full.store.resolve import fetch
     return json.loads(fetch(ASSET + ".json").read_text())
 
 
@@ -52,7 +52,7 @@ def test_features_and_probabilities(mnist16, meta):
 
 
 def test_mismatched_or_foreign_files_are_refused(tmp_path):
-    from full.store.download import fetch
+    from full.store.resolve import fetch
     shutil.copy(fetch(ASSET + ".safetensors"), tmp_path / "c.safetensors")
     meta = json.loads(fetch(ASSET + ".json").read_text())
     (tmp_path / "c.json").write_text(json.dumps({**meta, "weights_id": "other"}))
@@ -66,7 +66,7 @@ def test_mismatched_or_foreign_files_are_refused(tmp_path):
 def test_save_and_load_through_the_shared_pair_format(tmp_path):
     """save_classifier writes the same fields as the shipped asset; the pair loads by stem, .json, .safetensors
     or the two paths, through the resolver, and the weights come back bit-exactly."""
-    from full.store.download import fetch
+    from full.store.resolve import fetch
     torch.manual_seed(0)
     net = MnistClassifier(width=4, features=8).eval()
     stem = save_classifier(net, str(tmp_path / "sub" / "c"), {"n": 10, "held_out": 2, "seed": 0}, {"note": "t"})

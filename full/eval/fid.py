@@ -14,7 +14,7 @@ import scipy.special
 import torch
 
 from full.eval.detectors import MetricsError
-from full.store.download import fetch
+from full.store.resolve import fetch
 
 
 class FeatureStats:

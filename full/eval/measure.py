@@ -156,7 +156,7 @@ def load_reference(location: str, metric: str = "fid") -> tuple[np.ndarray, np.n
     whitelisting unpickler that admits numpy arrays alone; path or URL."""
     if not str(location).split("?")[0].endswith(".pkl"):
         return load_stats(location)
-    from full.store.download import fetch
+    from full.store.resolve import fetch
     from full.store.edm_pickle import NumpyArray
     path = fetch(str(location))
     try:
