@@ -23,9 +23,13 @@ class MCCheck:
     stderr: float
     closed_form: float
 
+    def band(self, tolerance: float = TOLERANCE) -> float:
+        """How far the estimate may sit from the closed form: `tolerance` standard errors, plus float rounding
+        (which is all there is when the stderr is exactly 0)."""
+        return tolerance * self.stderr + 1e-9 * max(1.0, abs(self.closed_form))
+
     def passes(self, tolerance: float = TOLERANCE) -> bool:
-        slack = 1e-9 * max(1.0, abs(self.closed_form))  # float rounding when the stderr is exactly 0
-        return abs(self.estimate - self.closed_form) <= tolerance * self.stderr + slack
+        return abs(self.estimate - self.closed_form) <= self.band(tolerance)
 
 
 def _mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
