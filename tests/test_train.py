@@ -73,6 +73,25 @@ def test_resume_reproduces_the_uninterrupted_run(teacher_file, tmp_path):
     assert progress["iteration"] == progress["total_iterations"] == 4
 
 
+def test_init_generator_starts_G_and_G_ema_from_a_distilled_generator(teacher_file, other_teacher_file, tmp_path):
+    """SiD²A: G and G_ema load --init-generator, f_psi still starts from the teacher; the snapshot records it."""
+    run = train_cli("--teacher", teacher_file, "--init-generator", other_teacher_file, "--outdir", str(tmp_path / "a"),
+                    "--duration", "0.000004", *TINY, "--lr", "0", "--glr", "0")
+    assert run.returncode == 0, run.stderr
+    state = torch.load(tmp_path / "a" / states(tmp_path / "a")[-1], weights_only=True)
+    teacher, start = load_network(teacher_file).state_dict(), load_network(other_teacher_file).state_dict()
+    for key, value in start.items():   # learning rates 0: G and its EMA are the given generator, f_psi the teacher
+        assert torch.equal(state["G"][key], value) and torch.equal(state["G_ema"][key], value)
+        assert torch.equal(state["f_psi"][key], teacher[key])
+    assert not torch.equal(start[key], teacher[key])
+    snapshot = load_network(str(tmp_path / "a" / "network-snapshot-000000.004.json"))
+    assert snapshot.provenance["init_generator"] == other_teacher_file
+    wrong = tmp_path / "wide"
+    save_network(tiny_teacher(resolution=16), wrong, {"kind": "edm-teacher", "trained_on": "tiny"})
+    one_line_error(train_cli("--teacher", teacher_file, "--init-generator", str(wrong) + ".json",
+                             "--outdir", str(tmp_path / "b"), *TINY), "does not have the teacher's architecture")
+
+
 def test_final_snapshot_is_G_ema_and_describes_the_generator(teacher_file, tmp_path):
     run = train_cli("--teacher", teacher_file, "--outdir", str(tmp_path), "--duration", "0.000008", *TINY)
     assert run.returncode == 0, run.stderr
