@@ -2,9 +2,12 @@
 
 step   seconds per SiD iteration (f_psi step + G step + EMA) and peak RSS of the CIFAR-10 DDPM++ configuration
        (55.7M parameters) at batch 2 on the CPU in fp32, without and with activation checkpointing, each in a fresh
-       child process after one warm-up iteration. With --against REV the same is measured for commit REV of this
-       repository (checked out into a temporary git worktree) in the same run, alternating with ours, so before
-       and after are measured side by side on one machine. Nothing is compared with numbers from elsewhere.
+       child process after one warm-up iteration. Beside them: the arithmetic of one iteration (GFLOP, counted by
+       torch's FlopCounterMode), the rate the step ran at, and the machine's fp32 rate on a dense matrix product in
+       the same process, the yardstick for how much faster the same passes could run. With --against REV the same
+       is measured for commit REV of this repository (checked out into a temporary git worktree) in the same run,
+       alternating with ours, so before and after are measured side by side on one machine. Nothing is compared
+       with numbers from elsewhere.
 mnist  the MNIST teacher (Heun at several NFE) against one-step generators (SiD, SiDA, ...) on FID-MNIST, with
        --num images per model in each of --sets disjoint seed sets (mean and std over the sets), the classifier's
        class histogram, and ms/image; plus FID against distilled kimg for run directories (--runs).
@@ -44,8 +47,32 @@ def positive_int(text: str) -> int:
 # ---------------------------------------------------------------------------------------- step
 
 
+def iteration_flops(trainer) -> dict[str, int]:
+    """Floating-point operations of one SiD iteration by op (torch's FlopCounterMode: convolutions forward and
+    backward, matrix products). The iteration is run, so the trainer advances by one."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter:
+        trainer.iteration_step()
+    return {str(op): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
+
+
+def matmul_gflop_per_sec(threads: int, n: int = 2048, repeats: int = 10) -> float:
+    """The machine's fp32 rate on a dense n x n matrix product with `threads` threads, after a warm-up: what the
+    step's convolutions are compared with."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
 def measure_step(batch: int, iterations: int, threads: int, checkpointing: bool) -> dict:
-    """Time SiD iterations of the CIFAR-10 DDPM++ network on the CPU after one warm-up; peak RSS of this process."""
+    """Time SiD iterations of the CIFAR-10 DDPM++ network on the CPU after one warm-up; peak RSS of this process;
+    then the arithmetic of one more iteration and the machine's matrix-product rate."""
     from full import distributed
     from full.method.presets import PRESETS, SiDConfig
     from full.method.loop import peak_memory_gib
@@ -62,7 +89,10 @@ def measure_step(batch: int, iterations: int, threads: int, checkpointing: bool)
     for _ in range(iterations):
         trainer.iteration_step()
     seconds = (time.perf_counter() - start) / iterations
-    return {"sec_per_iter": seconds, "peak_rss_gib": peak_memory_gib(torch.device("cpu"))}
+    peak = peak_memory_gib(torch.device("cpu"))
+    gflop = sum(iteration_flops(trainer).values()) / 1e9
+    return {"sec_per_iter": seconds, "peak_rss_gib": peak, "gflop_per_iter": gflop,
+            "gflop_per_sec": gflop / seconds, "matmul_gflop_per_sec": matmul_gflop_per_sec(threads)}
 
 
 @contextlib.contextmanager
@@ -120,7 +150,7 @@ def cmd_step(args) -> dict:
     if args.against:
         for suffix in ("", "_checkpointing"):
             ours, theirs = results["ours" + suffix], results["against" + suffix]
-            report["ratio" + suffix] = {k: ours[k]["median"] / theirs[k]["median"] for k in ours}
+            report["ratio" + suffix] = {k: ours[k]["median"] / theirs[k]["median"] for k in ours if k in theirs}
     return report
 
 

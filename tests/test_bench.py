@@ -3,7 +3,14 @@ import json
 
 import pytest
 
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 from full import bench as full_bench
+from full import distributed
+from full.method.presets import SiDConfig
+from full.method.sid import SiDTrainer
+from tiny import tiny_teacher
 from toy.bench import bench as toy_bench
 
 
@@ -48,3 +55,24 @@ def test_mnist_bench_refuses_even_nfe_and_malformed_generators(tmp_path):
     assert even.returncode == 2 and "every NFE must be odd" in even.stderr and "Traceback" not in even.stderr
     bad = run("--generators", "assets/mnist16-sid.json")
     assert bad.returncode == 2 and "write NAME=PATH" in bad.stderr
+
+
+def test_step_arithmetic_is_five_network_evaluations_and_their_backward_passes():
+    """The work the step benchmark counts is the official loop's: G without grad and f_psi (fake-score step), then
+    G, f_phi and f_psi (generator step), so the forward convolutions are exactly 5 network evaluations. Backward:
+    f_psi (fake step) and G need input and weight gradients (2 evaluations' worth each), f_phi and f_psi (G step)
+    only input gradients (1 each): 6, less the first layers' input gradients (nothing needs them) and the weight
+    gradients of the fixed resampling filters."""
+    net = tiny_teacher(dropout=0.1)
+    trainer = SiDTrainer(SiDConfig(batch=4, batch_gpu=4, precision="fp32"), net,
+                         distributed.Ranks(0, 1, torch.device("cpu")))
+    one = FlopCounterMode(display=False)
+    with one, torch.no_grad():
+        net(torch.randn(4, 1, 8, 8), torch.ones(4), None)
+    evaluation = one.get_flop_counts()["Global"][torch.ops.aten.convolution]
+    nimg = trainer.nimg
+    flops = full_bench.iteration_flops(trainer)
+    assert trainer.nimg == nimg + 4
+    assert flops["aten.convolution"] == 5 * evaluation
+    assert 5.9 * evaluation < flops["aten.convolution_backward"] < 6 * evaluation
+
