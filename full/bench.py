@@ -57,10 +57,9 @@ def iteration_flops(trainer) -> dict[str, int]:
     return {str(op): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
 
 
-def matmul_gflop_per_sec(threads: int, n: int = 2048, repeats: int = 10) -> float:
-    """The machine's fp32 rate on a dense n x n matrix product with `threads` threads, after a warm-up: what the
-    step's convolutions are compared with."""
-    torch.set_num_threads(threads)
+def matmul_gflop_per_sec(n: int = 2048, repeats: int = 10) -> float:
+    """The machine's fp32 rate on a dense n x n matrix product with torch's current thread count, after a warm-up:
+    what the step's arithmetic is compared with."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(2):
         a @ b
@@ -92,7 +91,7 @@ def measure_step(batch: int, iterations: int, threads: int, checkpointing: bool)
     peak = peak_memory_gib(torch.device("cpu"))
     gflop = sum(iteration_flops(trainer).values()) / 1e9
     return {"sec_per_iter": seconds, "peak_rss_gib": peak, "gflop_per_iter": gflop,
-            "gflop_per_sec": gflop / seconds, "matmul_gflop_per_sec": matmul_gflop_per_sec(threads)}
+            "gflop_per_sec": gflop / seconds, "matmul_gflop_per_sec": matmul_gflop_per_sec()}
 
 
 @contextlib.contextmanager
