@@ -2,6 +2,7 @@
 non-finite samples, dropout, mixed precision and the training loop's records."""
 import copy
 import math
+import time
 
 import pytest
 import torch
@@ -160,6 +161,57 @@ def test_a_run_whose_samples_are_all_non_finite_stops_with_a_clear_error():
             records.append(record)
     assert [r.iteration for r in records if isinstance(r, Progress)] == [1, 2]
 
+
+
+def _iteration_on_two_ranks(rank, init_file, out_file):
+    """One iteration on rank `rank` of two (gloo); rank 1's samples are all non-finite in both steps."""
+    import json
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        t = SiDTrainer(SiDConfig(batch=4, batch_gpu=2, dropout=0.0), tiny_teacher(),
+                       distributed.Ranks(rank, 2, torch.device("cpu")))
+        if rank == 1:
+            draw = t.draw
+
+            def all_nan(phase, rng):
+                d = draw(phase, rng)
+                d.z[:] = float("nan")
+                return d
+            t.draw = all_nan
+        stats = t.iteration_step()
+        if rank == 0:
+            with open(out_file, "w") as f:
+                json.dump({step: [s.kept, s.dropped, s.sums, s.means()]
+                           for step, s in (("fake", stats.fake), ("generator", stats.generator))}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_rank_that_drops_every_sample_still_sums_every_term_with_the_others(tmp_path):
+    """The statistics are summed over ranks in one tensor, so every rank must name the same terms, also one
+    that kept no sample: its sums are zero and the others' means are over their samples alone."""
+    import json
+    import torch.multiprocessing as mp
+    out = tmp_path / "stats.json"
+    ranks = mp.spawn(_iteration_on_two_ranks, args=(str(tmp_path / "init"), str(out)), nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    while not ranks.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail("the two ranks hang: their statistics tensors differ in length")
+    stats = json.loads(out.read_text())
+    # The fake step's terms are rank 0's alone: chunk 0 of the same seed, as a one-rank batch of 2 draws it.
+    alone = trainer(batch=2, batch_gpu=2).iteration_step()
+    for step, expected in (("fake", alone.fake), ("generator", alone.generator)):
+        kept, dropped, sums, means = stats[step]
+        assert (kept, dropped) == (2, 2)
+        assert set(sums) == set(expected.sums) and set(means) == set(sums)
+        for name in sums:
+            assert means[name] == pytest.approx(sums[name] / 2)
+            if step == "fake":
+                assert sums[name] == pytest.approx(expected.sums[name], rel=1e-5, abs=1e-6)
 
 # ----------------------------------------------------------------------------- the loop's records
 

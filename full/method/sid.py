@@ -108,7 +108,8 @@ class StepStats:
     nonfinite_grads: int      # gradient entries that were not finite and were zeroed
 
     def means(self) -> dict[str, float]:
-        return {name: value / max(self.kept, 1) for name, value in self.sums.items()}
+        """Each term's mean over the samples kept; none if no sample was kept."""
+        return {name: value / self.kept for name, value in self.sums.items()} if self.kept else {}
 
 
 @dataclass
@@ -262,7 +263,7 @@ class SiDTrainer:
         finite samples alone (same numbers). Backward of sum(loss) * loss_scale / batch; then sum the gradients
         over ranks, repair non-finite entries, optionally clip, and step `opt`."""
         opt.zero_grad(set_to_none=True)
-        sums, kept, dropped = None, 0, 0
+        names, sums, kept, dropped = None, None, 0, 0
         for chunk in self._chunks():
             rng = self.rng(phase, chunk)
             draws = self.draw(phase, rng)
@@ -270,6 +271,7 @@ class SiDTrainer:
             while True:
                 torch.manual_seed(rng.initial_seed())  # dropout masks: a function of the chunk too
                 terms = terms_of(draws if keep is None else draws.subset(keep))
+                names = names or list(terms)  # so that a rank which keeps no sample still reports every term
                 finite = finite_rows(terms)
                 if bool(finite.all()):
                     break
@@ -283,13 +285,11 @@ class SiDTrainer:
                 continue
             self.scalers[phase].scale(terms["loss"].float().sum() * loss_scale / self.config.batch).backward()
             chunk_sums = torch.stack([value.detach().float().sum() for value in terms.values()])
-            sums = (dict(zip(terms, chunk_sums)) if sums is None
-                    else {name: sums[name] + value for name, value in zip(terms, chunk_sums)})
+            sums = chunk_sums if sums is None else sums + chunk_sums
             kept += n
         bad = self._finish(net, opt, self.scalers[phase], grad_clip)
-        names = list(sums) if sums is not None else []
-        values = torch.stack(list(sums.values())).tolist() if sums is not None else []
-        return StepStats(dict(zip(names, values)), kept, dropped, bad)
+        return StepStats(dict(zip(names, sums.tolist() if sums is not None else [0.0] * len(names))), kept, dropped,
+                         bad)
 
     def _renormalise(self, net: torch.nn.Module) -> None:
         """EDM2's forced weight normalisation, once before the network's step (see `EDM2Precond.normalize_weights_`)."""
