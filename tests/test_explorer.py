@@ -244,6 +244,18 @@ def test_toy_run_finishes_stops_says_so_and_start_begins_a_new_run():
     assert "DMD" in labels[1]
 
 
+def test_toy_sida_runs_with_a_fitted_fake_score_and_is_refused_in_one_line_with_an_exact_one():
+    at = toy_page()
+    at.sidebar.selectbox(key="toy_loss").set_value("sida").run()
+    assert not at.exception and at.button(key="toy_start").disabled and at.button(key="toy_step").disabled
+    (error,) = at.error
+    assert "cannot run" in error.value and "--generator mlp" in error.value
+    at.sidebar.selectbox(key="toy_generator").set_value("mlp").run()
+    assert not at.error and not at.button(key="toy_start").disabled
+    at.button(key="toy_step").click().run()
+    assert not at.exception and live(at).label.startswith("#1 SiDA, mlp G")
+
+
 def test_toy_pause_resume_and_paused_runs_join_the_comparison():
     at = toy_page(steps=60)
     at.button(key="toy_start").click().run()

@@ -18,6 +18,7 @@ import torch
 
 from apps import plots
 from apps.common import setup, show
+from full.errors import ConfigError
 from toy.distill import TOY_LOSSES, StepRecord, ToyConfig, ToyDistillation
 from toy.targets import make_target
 
@@ -27,7 +28,7 @@ BOX = 3.5              # half-width of the drawn square
 TARGETS = ["8gaussians", "overlap2d", "gaussian2d"]
 GENERATORS = ["mlp", "affine"]
 LOSS_NAMES = {"sid": "SiD", "naive": "naive L1", "projected": "projected L2", "diff_instruct": "Diff-Instruct",
-              "dmd": "DMD"}
+              "dmd": "DMD", "sida": "SiDA"}
 RATES = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
 DEFAULTS = dict(target="8gaussians", generator="mlp", loss="sid", alpha=1.0, lr=1e-3, steps=600, fake_steps=3)
 
@@ -83,17 +84,30 @@ def current_settings() -> dict:
     return s
 
 
+def config_of(settings: dict) -> ToyConfig:
+    """The toy run the sidebar's settings describe."""
+    return ToyConfig(target=settings["target"], generator=settings["generator"], loss=settings["loss"],
+                     alpha=settings["alpha"], lr=settings["lr"], steps=settings["steps"],
+                     fake_steps=settings["fake_steps"], batch=256, fake_warmup=50, eval_every=10, eval_samples=600,
+                     hidden=64)
+
+
+def refusal(settings: dict) -> str | None:
+    """Why these settings cannot run (ToyConfig's own check), or None."""
+    try:
+        config_of(settings).validate()
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
 def begin(settings: dict) -> None:
     """Start a new run; the run it replaces goes to the comparison (once) if it drew anything."""
     old = state.toy_live
     if old is not None and old.curve:
         outcome = "finished" if old.status == "finished" else f"stopped at step {old.done}"
         state.toy_compare.append((f"{old.label} ({outcome})", *zip(*old.curve)))
-    config = ToyConfig(target=settings["target"], generator=settings["generator"], loss=settings["loss"],
-                       alpha=settings["alpha"], lr=settings["lr"], steps=settings["steps"],
-                       fake_steps=settings["fake_steps"], batch=256, fake_warmup=50, eval_every=10, eval_samples=600,
-                       hidden=64)
-    run = ToyDistillation(config)
+    run = ToyDistillation(config_of(settings))
     state.toy_count += 1
     state.toy_live = LiveRun(state.toy_count, settings, run, iter(run))
 
@@ -161,14 +175,17 @@ with st.sidebar:
     chunk = st.slider("Steps per refresh", 1, 50, key="toy_chunk", persist_state="session")
 
 settings = current_settings()
+refused = refusal(settings)
 resumable = live is not None and live.status == "paused" and live.settings == settings
 start, pause, step, reset = st.columns(4)
-start.button("Resume" if resumable else "Start", key="toy_start", type="primary", on_click=on_start, disabled=running,
-             width="stretch")
+start.button("Resume" if resumable else "Start", key="toy_start", type="primary", on_click=on_start,
+             disabled=running or refused is not None, width="stretch")
 pause.button("Pause", key="toy_pause", on_click=on_pause, disabled=not running, width="stretch")
-step.button("Step", key="toy_step", on_click=on_step, disabled=running, width="stretch")
+step.button("Step", key="toy_step", on_click=on_step, disabled=running or refused is not None, width="stretch")
 reset.button("Reset", key="toy_reset", on_click=on_reset, disabled=live is None, width="stretch")
 
+if refused is not None:
+    st.error(f"These settings cannot run: {refused}.")
 if live is not None and live.settings != settings and not running:
     changed = ", ".join(f"{k}: {live.settings[k]:g} → {settings[k]:g}" if isinstance(settings[k], float)
                         else f"{k}: {live.settings[k]} → {settings[k]}" for k in settings if settings[k] != live.settings[k])
