@@ -32,16 +32,9 @@ import torch
 
 from full.cli import USER_ERRORS, ArgumentParser, report_error
 from full.errors import ConfigError
-from full.options import AT_LEAST_ONE
+from full.options import positive_int
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if not AT_LEAST_ONE.holds(value):
-        raise argparse.ArgumentTypeError(f"{value}: must be a whole number >= 1")
-    return value
 
 
 # ---------------------------------------------------------------------------------------- step

@@ -80,9 +80,6 @@ class TeacherConfig:
             raise ConfigError("--channel-mult needs at least one multiplier, e.g. 1,2,2")
         return self
 
-    def architecture(self) -> dict:
-        return {name: getattr(self, name) for name in ARCHITECTURE_FIELDS}
-
     def loss(self) -> DenoisingLoss:
         """EDM's denoising loss, or EDM2's uncertainty-weighted one (with its P_mean, P_std) for --arch edm2."""
         edm2 = self.arch == "edm2"
@@ -201,11 +198,6 @@ class TeacherTraining:
                     self._save()
                     yield self.nimg / 1000, sum(losses) / len(losses)
                     losses = []
-
-
-def train(config: TeacherConfig, outdir: str) -> Iterator[tuple[float, float]]:
-    """Yield (kimg, mean loss) every 1.28 kimg; save the EMA teacher and the state as it goes."""
-    yield from TeacherTraining(config, outdir)
 
 
 # ---------------------------------------------------------------------------------------------- training state
