@@ -220,9 +220,6 @@ def load_teacher(config: SiDConfig) -> torch.nn.Module:
                           f"grids and FID images")
     if not encoder.latent and config.vae:
         raise ConfigError(f"--vae {config.vae}: the teacher works in pixel space and needs no VAE; drop --vae")
-    if encoder.latent:  # load it now (once per process), so a wrong --vae stops the run before its first iteration
-        from full.store.latent import cached_vae
-        encoder.with_vae(cached_vae(config.vae, "cpu"))
     if config.augment > 0 and not getattr(teacher, "init_kwargs", {}).get("augment_dim"):
         raise ConfigError(f"--augment {config.augment} needs a teacher trained with augmentation (augment_dim 9, "
                           f"as EDM's CIFAR-10/FFHQ/AFHQ teachers); this teacher has none: use --augment 0")
@@ -265,16 +262,18 @@ def data_fingerprint(dataset) -> dict | None:
                                          "channels": dataset.channels, "label_dim": dataset.label_dim}
 
 
-def check_metric_inputs(config: SiDConfig, teacher: torch.nn.Module) -> None:
-    """Load the FID detector and reference statistics now, and check that they fit each other and the images,
-    so a mistake stops the run before its first iteration, not after its first tick."""
+def check_outputs(config: SiDConfig, teacher: torch.nn.Module, device: torch.device) -> None:
+    """Load what the main rank's grids and FID use, on the run's device and once per process (the VAE of a latent
+    teacher, the FID detector and reference statistics), and check that they fit each other and the images, so a
+    mistake stops the run before its first iteration, not after its first tick."""
+    from full.store.latent import decoder_for
+    decoder = decoder_for(teacher, config.vae, device)
     if not config.metric_every:
         return
     from full.eval.measure import cached_detector, cached_stats, check_dims
-    from full.store.latent import decoder_for
     mu, _ = cached_stats(config.metric_ref)
-    shape = decoder_for(teacher, config.vae).pixel_shape(teacher.img_channels, teacher.img_resolution)  # latents: VAE
-    check_dims(cached_detector(config.detector, "cpu"), shape, len(mu), config.metric_ref, "--metric-ref")
+    shape = decoder.pixel_shape(teacher.img_channels, teacher.img_resolution)  # latents: through the VAE
+    check_dims(cached_detector(config.detector, str(device)), shape, len(mu), config.metric_ref, "--metric-ref")
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -296,7 +295,7 @@ class Run:
         self.teacher_sha256 = weights_sha256(teacher)
         data = open_data(config, teacher)
         if self.ranks.is_main:
-            check_metric_inputs(config, teacher)
+            check_outputs(config, teacher, self.ranks.device)
         mine = {"config": config.mathematics(), "teacher_sha256": self.teacher_sha256,
                 "data": data_fingerprint(data)}
         state_path = self._choose_state(resume, mine)

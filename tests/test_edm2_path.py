@@ -98,7 +98,7 @@ def test_edm2_teacher_on_mnist_distilled_with_sid_and_sida(mnist16, tmp_path):
         assert not torch.equal(G.state_dict()["unet.out_conv.weight"], net.state_dict()["unet.out_conv.weight"])
 
 
-def test_latent_edm2_teacher_distilled_with_sida_and_decoded(mnist16, tmp_path, monkeypatch):
+def test_latent_edm2_teacher_distilled_with_sida_and_decoded(mnist16, tmp_path, monkeypatch, capsys):
     pytest.importorskip("diffusers")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from full import dataset, generate, train, train_teacher
@@ -119,6 +119,12 @@ def test_latent_edm2_teacher_distilled_with_sida_and_decoded(mnist16, tmp_path, 
     detector = str(tmp_path / "pool.pt")
     torch.jit.save(torch.jit.script(PoolDetector()), detector)
     np.savez(tmp_path / "ref.npz", mu=np.full(12, 0.5), sigma=np.eye(12) * 0.01)
+    missing = tmp_path / "no-vae"   # a wrong --vae stops the run before its first iteration, in one line
+    capsys.readouterr()
+    assert train.main(["--teacher", teacher, "--vae", str(missing), "--objective", "sida", "--data", latents,
+                       "--outdir", str(tmp_path / "bad"), *DISTIL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(missing) in err and not (tmp_path / "bad" / "log.jsonl").exists()
     out = tmp_path / "sida"
     assert train.main(["--teacher", teacher, "--vae", vae, "--objective", "sida", "--data", latents,
                        "--outdir", str(out), "--metric-every", "1", "--metric-num", "4", "--detector", detector,

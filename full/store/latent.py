@@ -271,11 +271,11 @@ def open_encoder(net: torch.nn.Module, vae: str | None, device: str | torch.devi
     return encoder_for(net).with_vae(vae, device, what=what)
 
 
-def decoder_for(net: torch.nn.Module, vae: str | None) -> Encoder:
-    """`encoder_for(net)` with its VAE loaded once per process (`cached_vae`) on net's device, for sample grids
-    and FID during training; a pixel network ignores `vae`."""
+def decoder_for(net: torch.nn.Module, vae: str | None, device: torch.device | None = None) -> Encoder:
+    """`encoder_for(net)` with its VAE loaded once per process (`cached_vae`) on `device` (default: net's), for
+    sample grids and FID during training; a pixel network ignores `vae`."""
     encoder = encoder_for(net)
     if not encoder.latent:
         return encoder
-    device = str(next(net.parameters()).device)
+    device = str(device if device is not None else next(net.parameters()).device)
     return encoder.with_vae(cached_vae(vae, device) if vae else None)
