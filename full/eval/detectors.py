@@ -15,7 +15,6 @@ INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrain
 DINOV2_RESOLUTION = 224
 DINOV2_MEAN = (0.485, 0.456, 0.406)
 DINOV2_STD = (0.229, 0.224, 0.225)
-DINOV2_FEATURES = 1024
 DINOV2_EXPORT = ("python -c \"import torch; m = torch.hub.load('facebookresearch/dinov2', 'dinov2_vitl14').eval(); "
                  "torch.jit.save(torch.jit.trace(m, torch.zeros(1, 3, 224, 224)), 'dinov2-vitl14.pt')\"")
 

@@ -230,10 +230,6 @@ class NetworkSpec:
         entries = {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()}
         return cls(precond, kwargs, entries, lambda: dict(tensors), **rest)
 
-    @property
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.read_tensors()
-
 
 def read_edm_pickle(path: str | os.PathLike) -> dict:
     """Safely unpickle an EDM/EDM2/SiD network pickle; return its top-level dict (with ``'ema'``) of inert records."""

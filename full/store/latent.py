@@ -122,9 +122,6 @@ class PixelEncoder:
     dataset_kind = "png"      # what `full.store.dataset_zip.ImageZipDataset.kind` must be
     latent = False
 
-    def record(self) -> dict:
-        return dict(PIXEL_RECORD)
-
     def raw_channels(self, channels: int) -> int:
         """Channels of a dataset item for a network with `channels` channels."""
         return channels
@@ -170,10 +167,6 @@ class VAEEncoder:
     @property
     def channels(self) -> int:
         return len(self.scale)
-
-    def record(self) -> dict:
-        return {"kind": self.kind, "vae_name": self.vae_name, "scale": list(self.scale), "bias": list(self.bias),
-                "batch_size": self.batch_size}
 
     def raw_channels(self, channels: int) -> int:
         return 2 * channels

@@ -60,10 +60,6 @@ class Location:
     what: str
 
     @property
-    def stem(self) -> Path:
-        return self.path.with_suffix("") if self.kind == PAIR else self.path
-
-    @property
     def weights(self) -> Path:
         if self.kind != PAIR:
             raise ValueError(f"a {self.kind} has no separate weights file")
