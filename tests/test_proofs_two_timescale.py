@@ -121,8 +121,18 @@ def test_derived_stability_conditions_match_the_spectrum(system, alpha, sigma, s
         assert (det > 0) == (reduced < 0)      # the determinant's sign is the quasi-steady flow's
     critical = float(system.critical_rate.subs({q: dict(alpha=alpha, sigma=sigma, s=s)[q.name]
                                                 for q in system.critical_rate.free_symbols}))
+    assert float(proofs.two_timescale_critical_rate(alpha, sigma, s)) == pytest.approx(critical, rel=1e-9, abs=1e-12)
     if abs(eta - critical) > 1e-9:
         assert (trace < 0) == (eta > critical)
+
+
+def test_critical_rate_over_an_array_of_alpha_is_the_rate_at_each():
+    alphas = np.linspace(-1, 3, 9)
+    rates = proofs.two_timescale_critical_rate(alphas, 0.8, 0.6)
+    assert rates.shape == alphas.shape
+    np.testing.assert_allclose(rates, [float(proofs.two_timescale_critical_rate(a, 0.8, 0.6)) for a in alphas],
+                               rtol=1e-12)
+    assert len(set(np.round(rates, 9))) > 1     # it depends on alpha
 
 
 def test_mutation_a_wrong_alpha_sign_is_caught():

@@ -276,6 +276,7 @@ class TwoTimescale(Proof):
     alpha_free_at_unit_spread: bool
 
 
+@functools.lru_cache(maxsize=1)
 def two_timescale() -> TwoTimescale:
     """Proposition 4's Gaussian setting with psi fitted at a finite rate instead of held at psi*(theta).
 
@@ -353,7 +354,8 @@ def two_timescale() -> TwoTimescale:
 def _two_timescale_functions() -> tuple:
     system = two_timescale()
     args = [sp.Symbol(n, real=True) if n == "alpha" else sp.Symbol(n, positive=True) for n in ("alpha", "sigma", "s", "eta")]
-    return sp.lambdify(args, system.drift, "numpy"), sp.lambdify(args[:3], system.reduced, "math")
+    return (sp.lambdify(args, system.drift, "numpy"), sp.lambdify(args[:3], system.reduced, "math"),
+            sp.lambdify(args[:3], system.critical_rate, "numpy"))
 
 
 def two_timescale_drift(alpha: float, sigma: float, s: float, eta: float):
@@ -365,6 +367,12 @@ def two_timescale_drift(alpha: float, sigma: float, s: float, eta: float):
 def two_timescale_reduced_rate(alpha: float, sigma: float, s: float) -> float:
     """The quasi-steady coefficient (theta' = rate * theta with psi = psi*(theta)) at a point."""
     return float(_two_timescale_functions()[1](alpha, sigma, s))
+
+
+def two_timescale_critical_rate(alpha, sigma: float, s: float):
+    """The critical rate eta_c of `two_timescale` (stable for eta > eta_c), elementwise over an array of alpha."""
+    import numpy as np
+    return np.broadcast_to(np.asarray(_two_timescale_functions()[2](alpha, sigma, s), dtype=float), np.shape(alpha))
 
 
 @functools.lru_cache(maxsize=1)

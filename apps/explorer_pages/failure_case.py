@@ -12,6 +12,9 @@ from scipy.linalg import expm
 from apps import plots
 from apps.common import latex, proofs, setup, show
 from toy.montecarlo import prop4_gradients_mc
+from toy.proofs import two_timescale_critical_rate as critical
+from toy.proofs import two_timescale_drift as drift
+from toy.proofs import two_timescale_reduced_rate as reduced
 
 setup()
 st.title("The failure case (Proposition 4)")
@@ -131,17 +134,7 @@ st.latex(r"\lambda_{1,2} = \tfrac12\big(\mathrm{tr}A \pm \sqrt{(\mathrm{tr}A)^2 
          r"\alpha_c = " + sp.latex(tt["critical_alpha"]) + r"\ (\det A = 0)")
 
 
-@st.cache_resource
-def two_timescale_functions():
-    s_alpha = sp.Symbol("alpha", real=True)
-    s_sigma, s_s, s_eta = (sp.Symbol(n, positive=True) for n in ("sigma", "s", "eta"))
-    args = (s_alpha, s_sigma, s_s, s_eta)
-    return (sp.lambdify(args, sp.Matrix(system.drift), "numpy"), sp.lambdify(args[:3], system.reduced, "numpy"),
-            sp.lambdify(args[:3], system.critical_rate, "numpy"))
-
-
-drift, reduced, critical = two_timescale_functions()
-A = np.asarray(drift(alpha, sigma, spread, eta), dtype=float)
+A = drift(alpha, sigma, spread, eta)
 eigenvalues = sorted(np.linalg.eigvals(A), key=lambda z: -z.real)
 stable = max(z.real for z in eigenvalues) < 0
 oscillates = abs(eigenvalues[0].imag) > 1e-12
@@ -157,22 +150,22 @@ cols[2].metric("dynamics", ("stable" if stable else "unstable") + (", oscillatin
 
 alphas_shown = sorted({0.0, 0.5, 1.0, 1.2, 2.0, round(alpha, 2)})
 start = (theta if theta else 1.0, 0.0)  # f_psi starts as a copy of the teacher (psi = data mean 0), as in SiD
-rate = abs(float(reduced(1.0, sigma, spread))) or 1.0
+rate = abs(reduced(1.0, sigma, spread)) or 1.0
 times = np.linspace(0, min(6 / rate, 200.0), 240)
 paths, pinned = {}, {}
 for a in alphas_shown:  # x(t + dt) = expm(A dt) x(t): exact on the uniform time grid
-    step = expm(np.asarray(drift(a, sigma, spread, eta), dtype=float) * (times[1] - times[0]))
+    step = expm(drift(a, sigma, spread, eta) * (times[1] - times[0]))
     path = [np.array(start)]
     for _ in times[1:]:
         path.append(step @ path[-1])
     paths[a] = np.array(path)
-    pinned[a] = start[0] * np.exp(float(reduced(a, sigma, spread)) * times)
+    pinned[a] = start[0] * np.exp(reduced(a, sigma, spread) * times)
 show(partial(plots.two_timescale_panels, taus=times, paths=paths, quasi_steady=pinned, start=start), figsize=(12, 4.6))
 st.caption(f"Start: theta = {start[0]:g}, psi = 0 (f_psi starts as a copy of the teacher, as in SiD); sigma = {sigma:g}, "
            f"s = {spread:g}, eta = {eta:g}.")
 alpha_grid = np.linspace(-0.5, 3.0, 141)
-spectrum = np.array([sorted(np.linalg.eigvals(np.asarray(drift(a, sigma, spread, eta), dtype=float)),
+spectrum = np.array([sorted(np.linalg.eigvals(drift(a, sigma, spread, eta)),
                             key=lambda z: -z.real) for a in alpha_grid])
-critical_rates = np.broadcast_to(np.asarray(critical(alpha_grid, sigma, spread), dtype=float), alpha_grid.shape)
+critical_rates = critical(alpha_grid, sigma, spread)
 show(partial(plots.eigenvalue_panels, alphas=alpha_grid, eigenvalues=spectrum, alpha=alpha, etas=np.array([eta, max(
     4 * eta, float(np.nanmax(critical_rates)) * 1.2, 0.1)]), critical_rates=critical_rates), figsize=(12, 4))
