@@ -18,13 +18,7 @@ from toy.metrics import energy_distance, energy_floor
 from toy.montecarlo import autograd_score
 from toy.targets import make_target, random_mixture
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The study runs every fit and run on one thread; so do these tests (tiny networks lose time to threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # the study runs every fit and run on one thread; so do these
 
 
 TINY = ToyConfig(generator="mlp", loss="sid", steps=12, batch=32, hidden=16, fake_steps=1, fake_warmup=4,

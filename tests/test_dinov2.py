@@ -1,6 +1,7 @@
 """FD-DINOv2 (EDM2's second metric): EDM2's DINOv2 preprocessing against independent computations, and the metrics
 CLI reporting fd_dinov2 beside FID, with tiny TorchScript stand-ins for both feature networks."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from full import metrics
 from full.eval import fid
 from full.eval.detectors import DINOV2_MEAN, DINOV2_STD, MetricsError, dinov2_preprocess, load_dinov2
 from full.store.dataset_zip import write_dataset
+from test_edm_pickle import Evil
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
 
@@ -103,12 +105,6 @@ def test_ref_and_calc_report_fd_dinov2(files, capsys):
         load_dinov2(root / "dino.pkl")
 
 
-class Evil:
-    def __reduce__(self):
-        import os
-        return (os.system, ("echo pwned",))
-
-
 def test_edm2_reference_pickles_are_read_without_running_code(files, tmp_path):
     import pickle
 
@@ -123,9 +119,10 @@ def test_edm2_reference_pickles_are_read_without_running_code(files, tmp_path):
     np.testing.assert_array_equal(sigma, 2 * np.eye(8))
     assert load_reference(str(tmp_path / "img.pkl"))[0].tolist() == stats["fid"]["mu"].tolist()
     with open(tmp_path / "evil.pkl", "wb") as f:
-        pickle.dump({"fid": Evil()}, f)
+        pickle.dump({"fid": Evil(os.system, f"touch {tmp_path / 'pwned'}")}, f)
     with pytest.raises(MetricsError, match="refused global"):
         load_reference(str(tmp_path / "evil.pkl"))
+    assert not (tmp_path / "pwned").exists()
     with open(tmp_path / "one.pkl", "wb") as f:
         pickle.dump({"fid": stats["fid"]}, f)
     with pytest.raises(MetricsError, match="holds no fd_dinov2 statistics"):

@@ -12,13 +12,7 @@ from full.nets.edm2 import (EDM2_CONFIGS, Block, EDM2Precond, MPConv, MPFourier,
                             mp_silu, mp_sum, normalize, resample)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The networks here are tiny: one thread is fastest and does not stall when the CPU cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # the networks here are tiny
 
 
 # A tiny network: 8x8 -> 4x4, attention at 4x4 with 8 channels per head (so 32 channels give 4 heads).

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from test_edm_pickle import (TINY, Persistent, RawTensor, Toy, edm_pickle_bytes, splice, tiny_network,
+from test_edm_pickle import (TINY, Evil, Persistent, RawTensor, Toy, edm_pickle_bytes, splice, tiny_network,
                              write_edm_pickle)
 
 from full.errors import CheckpointError
@@ -137,6 +137,8 @@ PICKLE_CASES = {
                                  r"_init_kwargs.x\S* expands to more than 10,000 values"),
     "kwargs-shared-graph-deep": (lambda p: adm_pickle(p, init_kwargs=dict(ADM, x=shared_graph(100))),
                                  r"_init_kwargs.x\[0\]\S* is nested deeper than 32 levels"),
+    "kwargs-run-code": (lambda p: adm_pickle(p, init_kwargs=dict(ADM, x=Evil(os.system, f"touch {p.parent / 'pwned'}"))),
+                        r"refused global posix\.system"),
     "kwargs-cycle": (lambda p: adm_pickle(p, init_kwargs=dict(ADM, channel_mult=cycle())),
                      r"_init_kwargs.channel_mult\S* contains itself \(a reference cycle\)"),
     "kwargs-deep": (_deep_kwargs, r"nested deeper than 32 levels"),

@@ -1,7 +1,6 @@
 """The EDM2 memory plan (`full.eval.memory`): its arithmetic against a hand computation, and the CPU measurement
 of a G step on a tiny U-Net (activations grow with the batch; checkpointing f_phi and f_psi holds fewer)."""
 import pytest
-import torch
 
 from full.eval import memory
 from full.eval.memory import GIB, StepMemory, measure_g_step, memory_table, parameter_count, plan
@@ -24,8 +23,8 @@ def test_plan_adds_state_temporaries_and_activations():
     assert table.count("\n") == 1 + len(memory.EDM2_SIZES) and "| img512-xxl | 1,523 M |" in table
 
 
+@pytest.mark.usefixtures("single_thread")
 def test_g_step_measurement_on_a_tiny_unet():
-    torch.set_num_threads(1)
     kwargs = dict(model_channels=16, resolution=16, channels=4, label_dim=0, batches=(1, 3))
     plain = measure_g_step("fp32", False, **kwargs)
     checkpointed = measure_g_step("fp32", True, **kwargs)

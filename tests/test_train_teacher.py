@@ -14,6 +14,7 @@ from full.store.dataset_zip import ImageZipDataset, write_dataset
 from full.store.network_file import load_network
 from full.train_teacher import TeacherConfig, TeacherTraining, build_teacher
 from in_process import run_main
+from test_edm_pickle import Evil
 
 TINY = ["--model-channels", "8", "--channel-mult", "1,2", "--batch", "16", "--threads", "2", "--warmup-kimg", "0.1"]
 
@@ -147,9 +148,9 @@ def test_not_a_zip_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-class Evil:
-    def __reduce__(self):
-        return (os.system, ("echo pwned",))
+def code(p) -> Evil:
+    """A pickled call that would create `pwned` beside `p` (the run directory, which the test snapshots)."""
+    return Evil(os.system, f"touch {p.parent / 'pwned'}")
 
 
 def _states(data, tmp_path_factory):
@@ -175,8 +176,8 @@ FOREIGN = {
     "random bytes": (lambda s, raw, p: p.write_bytes(os.urandom(2000)), "is not a readable training state"),
     "empty file": (lambda s, raw, p: p.write_bytes(b""), "is not a readable training state"),
     "truncated": (lambda s, raw, p: p.write_bytes(raw[: len(raw) // 2]), "is not a readable training state"),
-    "code-running pickle": (lambda s, raw, p: p.write_bytes(pickle.dumps(Evil())), "is not a readable training state"),
-    "torch file with code": (lambda s, raw, p: torch.save({"net": Evil()}, p), "is not a readable training state"),
+    "code-running pickle": (lambda s, raw, p: p.write_bytes(pickle.dumps(code(p))), "is not a readable training state"),
+    "torch file with code": (lambda s, raw, p: torch.save({"net": code(p)}, p), "is not a readable training state"),
     "a list": (lambda s, raw, p: torch.save([1, 2, 3], p), "it lacks ema, net, nimg, opt, rng"),
     "missing weight": (lambda s, raw, p: torch.save({**s, "net": _drop_last(s["net"])}, p), "(net) lacks model."),
     "wrong shape": (lambda s, raw, p: torch.save({**s, "ema": {k: v.reshape(-1)[:1] if v.ndim else v

@@ -89,6 +89,7 @@ def capture_gradients(t, monkeypatch):
     captured = {}
 
     def finish(net, opt, scaler, grad_clip):
+        captured["net"] = net
         captured["grads"] = [None if p.grad is None else p.grad.clone() for p in net.parameters()]
         opt.zero_grad(set_to_none=True)
         return 0
@@ -131,7 +132,7 @@ def test_gradient_with_one_bad_sample_equals_the_gradient_of_the_batch_without_i
     expected = [p.grad for p in (ref.f_psi if phase == "fake" else ref.G).parameters()]
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7)
-    assert net is not None
+    assert captured["net"] is net
 
 
 def test_non_finite_gradients_are_counted_and_repaired():
