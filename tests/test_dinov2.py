@@ -118,6 +118,8 @@ def test_edm2_reference_pickles_are_read_without_running_code(files, tmp_path):
     np.testing.assert_array_equal(mu, stats["fd_dinov2"]["mu"].astype(np.float64))
     np.testing.assert_array_equal(sigma, 2 * np.eye(8))
     assert load_reference(str(tmp_path / "img.pkl"))[0].tolist() == stats["fid"]["mu"].tolist()
+    from full.eval.measure import cached_stats  # training's --metric-ref reads the same files
+    assert cached_stats(str(tmp_path / "img.pkl"))[0].tolist() == stats["fid"]["mu"].tolist()
     with open(tmp_path / "evil.pkl", "wb") as f:
         pickle.dump({"fid": Evil(os.system, f"touch {tmp_path / 'pwned'}")}, f)
     with pytest.raises(MetricsError, match="refused global"):

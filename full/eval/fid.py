@@ -75,10 +75,15 @@ def load_stats(location: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise MetricsError(f"{location} lacks the keys mu and sigma of a reference statistics file") from None
     except (OSError, ValueError, EOFError) as error:
         raise MetricsError(f"{location} is not a readable .npz file ({error})") from None
+    return checked_stats(mu, sigma, str(location))
+
+
+def checked_stats(mu: np.ndarray, sigma: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """mu [D] and sigma [D, D], finite, as reference statistics read from `where` must be."""
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
-        raise MetricsError(f"{location}: mu {mu.shape} and sigma {sigma.shape} should be [D] and [D, D]")
+        raise MetricsError(f"{where}: mu {mu.shape} and sigma {sigma.shape} should be [D] and [D, D]")
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-        raise MetricsError(f"{location} holds non-finite statistics")
+        raise MetricsError(f"{where} holds non-finite statistics")
     return mu, sigma
 
 

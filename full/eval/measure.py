@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from full.eval.detectors import FeatureNet, MetricsError, load_detector
-from full.eval.fid import (FeatureStats, frechet_distance, inception_score, load_stats, precision_recall,
+from full.eval.fid import (FeatureStats, checked_stats, frechet_distance, inception_score, load_stats, precision_recall,
                            summarize)
 
 
@@ -139,14 +139,10 @@ class _ReferenceUnpickler(pickle.Unpickler):
     reconstruction only, as inert stand-ins rebuilt from their bytes (`full.store.edm_pickle`); nothing runs."""
 
     def find_class(self, module: str, name: str):
-        from full.store import edm_pickle
-        allowed = {("numpy", "ndarray"): edm_pickle.NumpyArray, ("numpy", "dtype"): edm_pickle.NumpyDtype}
-        for core in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            allowed[(core, "_reconstruct")] = edm_pickle._reconstruct_array
-            allowed[(core, "scalar")] = edm_pickle._numpy_scalar
-        if (module, name) not in allowed:
+        from full.store.edm_pickle import NUMPY_GLOBALS
+        if (module, name) not in NUMPY_GLOBALS:
             raise MetricsError(f"refused global {module[:60]}.{name[:60]}: EDM2's reference statistics never need it")
-        return allowed[(module, name)]
+        return NUMPY_GLOBALS[(module, name)]
 
 
 def load_reference(location: str, metric: str = "fid") -> tuple[np.ndarray, np.ndarray]:
@@ -173,11 +169,7 @@ def load_reference(location: str, metric: str = "fid") -> tuple[np.ndarray, np.n
         found = sorted(k for k in top if isinstance(k, str)) if isinstance(top, dict) else []
         raise MetricsError(f"{location} holds no {metric} statistics (it has {', '.join(found) or 'none'}); EDM2's "
                            f"reference files hold fid and fd_dinov2")
-    mu, sigma = (np.asarray(entry[k].array, np.float64) for k in ("mu", "sigma"))
-    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-        raise MetricsError(f"{location}: {metric} mu {mu.shape} and sigma {sigma.shape} should be finite [D] and "
-                           f"[D, D]")
-    return mu, sigma
+    return checked_stats(*(np.asarray(entry[k].array, np.float64) for k in ("mu", "sigma")), f"{location} ({metric})")
 
 
 # ------------------------------------------------------------------------------------------ measurement
@@ -294,8 +286,8 @@ def cached_detector(location: str, device: str) -> FeatureNet:
 
 @functools.lru_cache(maxsize=4)
 def cached_stats(location: str) -> tuple[np.ndarray, np.ndarray]:
-    """`load_stats`, loaded once per location in this process."""
-    return load_stats(location)
+    """`load_reference`'s FID statistics (EDM's .npz or EDM2's .pkl), loaded once per location in this process."""
+    return load_reference(location, "fid")
 
 
 def generator_fid(G: torch.nn.Module, config) -> float:

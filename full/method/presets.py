@@ -77,7 +77,8 @@ class SiDConfig:
     keep: int = option(3, "training states to keep", AT_LEAST_ONE, bookkeeping=True)
     grid: int = option(64, "images in the sample grid (fixed seeds 0..grid-1)", Range(1, 1024), bookkeeping=True)
     metric_every: int = option(0, "ticks between FID evaluations (0 = never)", NONNEGATIVE, bookkeeping=True)
-    metric_ref: str = option("", "reference statistics .npz for FID during training", bookkeeping=True)
+    metric_ref: str = option("", "reference statistics for FID during training: EDM's .npz or EDM2's .pkl",
+                             bookkeeping=True)
     metric_num: int = option(10000, "images per FID evaluation during training", Range(2), bookkeeping=True)
     detector: str = option("", "feature network for FID during training (path)", bookkeeping=True)
     seed: int = option(0, "global seed: all noise is a function of (seed, iteration, chunk)")

@@ -176,6 +176,16 @@ def _rebuild_parameter(data: Any, requires_grad: Any = False, hooks: Any = None,
     return data
 
 
+# numpy arrays, dtypes and scalars as inert stand-ins rebuilt from their bytes (EDM2's pickles and reference statistics)
+NUMPY_GLOBALS = {
+    ("numpy", "dtype"): NumpyDtype,
+    ("numpy", "ndarray"): NumpyArray,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,       # numpy 1.x writes numpy.core,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,      # numpy 2 writes numpy._core
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct_array,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct_array,
+}
+
 _ALLOWED = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
@@ -185,12 +195,7 @@ _ALLOWED = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _capture_persistent,
     ("torch.nn.modules.container", "ModuleDict"): _ModuleDictStub,
     ("dnnlib.util", "EasyDict"): EasyDict,
-    ("numpy", "dtype"): NumpyDtype,
-    ("numpy", "ndarray"): NumpyArray,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,       # numpy 1.x writes numpy.core,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,      # numpy 2 writes numpy._core
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct_array,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct_array,
+    **NUMPY_GLOBALS,
 }
 
 
