@@ -4,6 +4,7 @@ behaves as a learner expects, the runs page reads typed run directories (synthet
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -453,6 +454,22 @@ def test_choosing_alpha_page_renders_the_study(tmp_path, monkeypatch):
     assert table["reached"].tolist() == ["2/2", "2/2", "1/2"] * 2
     assert table["steps to threshold (mean, min-max)"].tolist()[:3] == ["95 (90-100)", "145 (90-200)", "240 (240-240)"]
     assert at.dataframe[1].value["steps to threshold (mean, min-max)"].tolist() == ["never"] * 6
+
+
+def test_choosing_alpha_figures_are_rendered_once_per_version_of_the_study(tmp_path, monkeypatch):
+    from apps import plots
+    drawn = []
+    draw = plots.alpha_study
+    monkeypatch.setattr(plots, "alpha_study", lambda fig, **kw: drawn.append(kw["axis"]) or draw(fig, **kw))
+    path = tmp_path / "alpha_study.json"
+    path.write_text(json.dumps(STUDY))
+    monkeypatch.setenv("SID_ALPHA_STUDY", str(path))
+    page("choosing_alpha.py")
+    at = page("choosing_alpha.py")   # another visit (or session): the same pictures, not drawn again
+    assert drawn == ["dimension", "teacher"] and len(at.get("image")) == 2
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10 ** 9))   # the study is re-run
+    page("choosing_alpha.py")
+    assert drawn == ["dimension", "teacher"] * 2
 
 
 def test_choosing_alpha_page_reads_per_setting_thresholds_and_diverged_runs(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ import numpy as np
 import streamlit as st
 
 from apps import plots
-from apps.common import setup, show
+from apps.common import render_png, setup
 
 REPO = Path(__file__).resolve().parents[2]
 STUDY = Path(os.environ.get("SID_ALPHA_STUDY", REPO / "docs" / "alpha_study.json"))
@@ -80,6 +80,15 @@ def table(block: dict, label: str) -> dict:
     return out
 
 
+@st.cache_data(max_entries=16, show_spinner=False)
+def study_png(path: str, version: int, name_of_study: str, metric: str, thresholds) -> bytes:
+    """One study's figure, rendered once per version (mtime) of the file and shared by every session: rendering
+    holds the process-wide figure lock, which a classroom's sessions would otherwise queue on at every visit."""
+    block = json.loads(Path(path).read_text())["studies"][name_of_study]
+    return render_png(partial(plots.alpha_study, results=block["results"], axis=name_of_study, metric=metric,
+                              thresholds=thresholds), figsize=(12, 4.2))
+
+
 if not STUDY.is_file():
     st.warning(f"The alpha study has not been run here: `{STUDY.relative_to(REPO) if STUDY.is_relative_to(REPO) else STUDY}` "
                "is missing, so there is nothing to show yet. The study lives in `toy/`; when it has written its "
@@ -111,6 +120,5 @@ for name_of_study, block in study["studies"].items():
     st.caption(f"{block['axis']}: " + ", ".join(str(v) for v in block["values"]))  # the axis in full
     thresholds = float(threshold) if number else {v: t for v, t in per_value(block, "thresholds").items()
                                                  if isinstance(t, (int, float))}
-    show(partial(plots.alpha_study, results=block["results"], axis=name_of_study, metric=name,
-                 thresholds=thresholds), figsize=(12, 4.2))
+    st.image(study_png(str(STUDY), STUDY.stat().st_mtime_ns, name_of_study, name, thresholds), width="stretch")
     st.dataframe(table(block, name_of_study), hide_index=True, width="stretch")
