@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from apps import common, plots
@@ -174,6 +175,20 @@ def test_identities_page_shows_each_claim_derived_and_its_difference_zero():
 
 
 # --------------------------------------------------------------------------- failure case
+
+def test_identities_are_laid_out_once_per_server(monkeypatch):
+    """Expanding, collecting and factoring the derived sides depends on no widget: a second visit lays out none."""
+    from apps import common
+    laid_out = []
+    latex = common.latex
+    monkeypatch.setattr(common, "latex", lambda expr, **kw: laid_out.append(kw) or latex(expr, **kw))
+    st.cache_data.clear()   # as on a fresh server
+    first = page("identities.py")
+    count = len(laid_out)
+    second = page("identities.py")
+    assert count > 0 and len(laid_out) == count
+    assert [x.body for x in second.latex] == [x.body for x in first.latex]
+
 
 def test_failure_case_page_gradients_rates_and_the_lagging_system():
     at = page("failure_case.py")

@@ -98,6 +98,14 @@ def collected(expr: sp.Expr, names: tuple[str, ...]) -> sp.Expr:
     return sp.collect(sp.expand(expr), symbols, sp.factor) if symbols else expr
 
 
+@st.cache_data(show_spinner=False)
+def side_tex(proof_name: str, key: str, prefix: str, collect: tuple[str, ...]) -> str:
+    """A derived expression as LaTeX (`collected` over `collect`, if given), laid out once per server: expanding,
+    collecting and factoring take a tenth of a second or more per page, and no widget changes them."""
+    expr = proofs()[proof_name].derived[key]
+    return latex(collected(expr, collect) if collect else expr, prefix=prefix, width=110)
+
+
 def monte_carlo(title: str, estimated: str, closed: str, r: dict) -> None:
     """One Monte Carlo row: what is estimated, its closed form (each a LaTeX line or an aligned block), the numbers."""
     st.markdown(f"**{title}**")
@@ -114,7 +122,6 @@ def derivation(proof_name: str, statement: str, sides: list[tuple[str, str, str]
                collect: tuple[str, ...] = ()) -> None:
     """The claim, the symbols, each side as derived, and left - right simplified."""
     proof = proofs()[proof_name]
-    d = proof.derived
     st.markdown("**Claim**")
     st.latex(statement)
     with st.expander("What the symbols mean", expanded=True):
@@ -122,8 +129,7 @@ def derivation(proof_name: str, statement: str, sides: list[tuple[str, str, str]
     for title, tex_prefix, key in sides:
         if title:
             st.markdown(title)
-        expr = collected(d[key], collect) if key in (lhs, rhs) and collect else d[key]
-        st.latex(latex(expr, prefix=tex_prefix, width=110))
+        st.latex(side_tex(proof_name, key, tex_prefix, collect if key in (lhs, rhs) else ()))
     st.markdown("**Left side minus right side**, simplified by sympy (`cancel`):")
     result = difference(proof_name, lhs, rhs)
     st.latex(r"\text{left} - \text{right} = " + sp.latex(result) + (r"\quad\checkmark" if result == 0 else ""))
