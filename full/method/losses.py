@@ -119,6 +119,16 @@ def _broadcast(scalar: torch.Tensor, batch: int) -> torch.Tensor:
     return scalar.reshape(1).expand(batch)
 
 
+def evaluate(f: Denoiser, x_t: torch.Tensor, sigma: torch.Tensor, *, logvar: bool = False, logits: bool = False,
+             **net_kwargs) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """f(x_t, sigma) with the optional outputs asked for: (D, log-variance [B] or None, logit map or None).
+    Networks return (D[, logvar][, logits]) in this order (`return_logvar`, `return_logits`)."""
+    out = f(x_t, sigma, **({"return_logvar": True} if logvar else {}), **({"return_logits": True} if logits else {}),
+            **net_kwargs)
+    out = out if isinstance(out, tuple) else (out,)
+    return out[0], (out[1].flatten() if logvar else None), (out[-1] if logits else None)
+
+
 # --------------------------------------------------------------------------- fake-score objectives
 
 
@@ -153,17 +163,14 @@ class DenoisingLoss:
     def denoise(self, f: Denoiser, x_t: torch.Tensor, sigma: torch.Tensor, x_0: torch.Tensor, logits: bool = False,
                 **net_kwargs):
         """(per-sample denoising term, weight lambda(sigma) [B] divided by exp(logvar) if any, logit map or None)."""
-        flags = {"return_logvar": True} if self.uses_logvar else {}
-        out = f(x_t, sigma, **flags, **({"return_logits": True} if logits else {}), **net_kwargs)
-        out = out if isinstance(out, tuple) else (out,)
-        denoised, logvar = out[0], (out[1].flatten() if self.uses_logvar else None)
+        denoised, logvar, logit = evaluate(f, x_t, sigma, logvar=self.uses_logvar, logits=logits, **net_kwargs)
         weight = edm_weight(sigma.flatten(), self.sigma_data)
         if logvar is not None:
             weight = weight / logvar.exp()
         term = weight * per_sample_sum((denoised - x_0) ** 2)
         if logvar is not None:
             term = term + x_0[0].numel() * logvar
-        return term, weight, (out[-1] if logits else None)
+        return term, weight, logit
 
     def __call__(self, f: Denoiser, x_0: torch.Tensor, sigma: torch.Tensor | None = None,
                  noise: torch.Tensor | None = None, *, rng: torch.Generator | None = None, **net_kwargs) -> Terms:
@@ -245,12 +252,9 @@ class GeneratorObjective:
             noise = torch.randn(x_g.shape, device=x_g.device, dtype=x_g.dtype, generator=rng)
         x_t = x_g + sigma * noise
         y_phi = f_phi(x_t, sigma, **net_kwargs)
-        flags = {**({"return_logvar": True} if self.needs_logvar else {}),
-                 **({"return_logits": True} if self.needs_logits else {})}
-        out = f_psi(x_t, sigma, **flags, **net_kwargs)
-        out = out if isinstance(out, tuple) else (out,)  # (D[, logvar][, logits]) in this order
-        logvar = out[1].flatten() if self.needs_logvar else None
-        terms = self.terms(Denoised(x_g, y_phi, out[0], out[-1] if self.needs_logits else None, logvar))
+        y_psi, logvar, logits = evaluate(f_psi, x_t, sigma, logvar=self.needs_logvar, logits=self.needs_logits,
+                                         **net_kwargs)
+        terms = self.terms(Denoised(x_g, y_phi, y_psi, logits, logvar))
         if self.normalised:
             w = sid_normaliser(x_g, y_phi)
             terms = {name: value / w for name, value in terms.items()}
