@@ -232,8 +232,8 @@ def load_init_generator(config: SiDConfig, teacher: torch.nn.Module) -> torch.nn
         return None
     from full.store.network_file import load_network
     net = load_network(config.init_generator, what="--init-generator")
-    mine, theirs = teacher.state_dict(), net.state_dict()
-    if list(mine) != list(theirs) or any(mine[k].shape != theirs[k].shape for k in mine):
+    from full.nets import same_layout
+    if not same_layout(teacher.state_dict(), net.state_dict()):
         raise ConfigError(f"--init-generator {config.init_generator} does not have the teacher's architecture; "
                           f"give a generator distilled from this teacher")
     return net

@@ -37,6 +37,7 @@ from full.method.losses import (DenoisingLoss, DenoisingWithDiscriminator, Gener
                                 generator_objective, sample_generator_sigma)
 from full.method.optim import adam
 from full.method.presets import SiDConfig
+from full.nets import same_layout
 from full.store.latent import encoder_for
 
 PHASES = {"fake": 1, "generator": 2, "grid": 3}
@@ -386,11 +387,10 @@ class SiDTrainer:
     def load_state_dict(self, state: dict) -> None:
         """Restore a state made by `state_dict` for this architecture; the caller has checked the config."""
         for name in ("G", "G_ema", "f_psi"):
-            mine, theirs = getattr(self, name).state_dict(), state[name]
-            if list(mine) != list(theirs) or any(mine[k].shape != theirs[k].shape for k in mine):
+            if not same_layout(getattr(self, name).state_dict(), state[name]):
                 raise ConfigError(f"the training state's {name} does not fit this teacher's architecture; "
                                   f"resume with the teacher it was made from, or use a new --outdir")
-            getattr(self, name).load_state_dict(theirs)
+            getattr(self, name).load_state_dict(state[name])
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_psi.load_state_dict(state["opt_psi"])
         for k, s in self.scalers.items():
