@@ -324,3 +324,10 @@ def test_moment_free_adam_equals_torch_adam_with_beta1_zero_and_resumes():
     for p, q in zip(ours, ref):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
     assert set(opt.state[ours[0]]) == {"step", "exp_avg_sq"}  # no first-moment buffer
+
+
+def test_a_state_of_another_architecture_is_refused_in_one_line():
+    from full.errors import ConfigError
+    state = trainer(teacher=tiny_teacher(channels=2)).state_dict()
+    with pytest.raises(ConfigError, match="training state's G does not fit this teacher's architecture"):
+        trainer().load_state_dict(state)
