@@ -38,7 +38,7 @@ import torch
 
 from toy.distill import FITTED_TEACHERS, ToyConfig, ToyDistillation, fit_teacher, teacher_key
 from toy.metrics import energy_distance, energy_floor, steps_to_threshold
-from toy.targets import make_target
+from toy.targets import STUDY_DIMENSIONS, make_target
 
 STUDIES = ("dimension", "teacher", "fake_steps")
 
@@ -147,7 +147,7 @@ _FULL_BASE = ToyConfig(generator="mlp", loss="sid", steps=600, batch=256, lr=1e-
 _QUICK_BASE = ToyConfig(generator="mlp", loss="sid", steps=200, batch=128, lr=1e-3, fake_lr=1e-3, fake_steps=2,
                         fake_warmup=30, hidden=64, eval_every=25, eval_samples=500)
 PRESETS = {
-    "full": make_plan(_FULL_BASE, alphas=(0.0, 0.5, 1.0, 1.2, 1.5), seeds=(0, 1, 2), dims=(2, 8, 16, 32, 64),
+    "full": make_plan(_FULL_BASE, alphas=(0.0, 0.5, 1.0, 1.2, 1.5), seeds=(0, 1, 2), dims=STUDY_DIMENSIONS,
                   side_target="gmm64d",
                   fitted=dataclasses.replace(_FULL_BASE, target="gmm64d", teacher="fitted", teacher_steps=2000,
                                              teacher_hidden=128, teacher_batch=512),
@@ -206,11 +206,6 @@ def _distance_curve(config: ToyConfig, teacher: torch.nn.Module | None = None) -
         return [s for s, _ in curve], [d for _, d in curve], time.process_time() - start
     finally:
         torch.set_num_threads(threads)
-
-
-def _fit(config: ToyConfig) -> torch.nn.Module:
-    torch.set_num_threads(1)
-    return fit_teacher(config)
 
 
 def _single_thread() -> None:
@@ -282,7 +277,7 @@ def run_study(plan: StudyPlan, workers: int = 1, progress: Callable[[int, int, R
         fits = {}
         for key, tkey in needs_teacher.items():
             if tkey not in fits.values():
-                fits[pool.submit(_fit, configs[key])] = tkey
+                fits[pool.submit(fit_teacher, configs[key])] = tkey
         running = {pool.submit(_distance_curve, c): key for key, c in configs.items() if key not in needs_teacher}
         while fits or running:
             finished, _ = wait([*fits, *running], return_when=FIRST_COMPLETED)

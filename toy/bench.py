@@ -15,8 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from full.method.losses import GENERATOR_OBJECTIVES
-from toy.distill import ToyConfig, ToyDistillation
+from toy.distill import ToyConfig, ToyDistillation, supported
 from toy.metrics import steps_to_threshold
 
 METHODS = {  # label -> (objective, alpha)
@@ -56,11 +55,6 @@ def run_method(setting: Setting, objective: str, alpha: float, seed: int, steps:
     return {"curve": curve, "steps_to_threshold": reached, "final": curve[-1][1], "off_mode": records[-1].off_mode}
 
 
-def applies(setting: Setting, objective: str) -> bool:
-    """Whether a method runs in a setting: SiDA needs a fitted fake score (the MLP generator's)."""
-    return setting.config.generator == "mlp" or not GENERATOR_OBJECTIVES[objective].needs_logits
-
-
 def bench(settings: list[str], seeds: list[int], steps: int | None = None, progress=None) -> dict:
     """All methods on all settings; returns {setting: {method: summary}} with per-seed results."""
     results = {}
@@ -68,7 +62,7 @@ def bench(settings: list[str], seeds: list[int], steps: int | None = None, progr
         setting = SETTINGS[name]
         results[name] = {"metric": setting.metric, "threshold": setting.threshold, "seeds": seeds, "methods": {}}
         for label, (objective, alpha) in METHODS.items():
-            if not applies(setting, objective):
+            if not supported(setting.config.generator, objective):
                 continue
             runs = [run_method(setting, objective, alpha, seed, steps) for seed in seeds]
             if progress:

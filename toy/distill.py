@@ -36,6 +36,12 @@ TOY_LOSSES = list(GENERATOR_OBJECTIVES)
 TEACHERS = ("exact", "fitted")
 
 
+def supported(generator: str, loss: str) -> bool:
+    """Whether a generator kind can run a loss: one that reads f_psi's discriminator logit (SiDA) needs the fitted
+    MLP fake score, whose hidden features give it; the affine generator's exact fake score has none."""
+    return generator == "mlp" or not GENERATOR_OBJECTIVES[loss].needs_logits
+
+
 @dataclass
 class ToyConfig:
     target: str = option("8gaussians", "name in toy.targets.TARGETS")
@@ -69,7 +75,7 @@ class ToyConfig:
             raise ConfigError(f"unknown generator {self.generator!r}; choose one of: {', '.join(GENERATORS)}")
         if self.loss not in TOY_LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of: {', '.join(TOY_LOSSES)}")
-        if GENERATOR_OBJECTIVES[self.loss].needs_logits and self.generator != "mlp":
+        if not supported(self.generator, self.loss):
             raise ConfigError(f"--loss {self.loss} needs a fitted fake score (its discriminator): use --generator mlp")
         check_fields(self)
 
