@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from full.nets.edm2 import EDM2_CONFIGS
+
 GIB = 2 ** 30
 GPU_GIB = 80e9 / GIB          # an "80 GB" GPU (A100/H100 80GB): 80e9 bytes = 74.5 GiB
 GPU_RESERVE_GIB = 3.0          # CUDA context, cuDNN workspaces, allocator fragmentation
@@ -96,8 +98,10 @@ def measure_g_step(precision: str = "fp32", checkpointing: bool = False, batches
     return StepMemory(precision, checkpointing, slope, max(p1 - slope * b1, 0.0) / params, params)
 
 
-EDM2_SIZES = {"img512-xs": 128, "img512-s": 192, "img512-m": 256, "img512-l": 320, "img512-xl": 384,
-              "img512-xxl": 448, "img64-s": 192, "img64-m": 256, "img64-l": 320, "img64-xl": 384}
+# The released EDM2 sizes (the SiD(A) presets' teachers) and their widths, from EDM2's constructor arguments.
+EDM2_SIZES = {name: EDM2_CONFIGS[name]["model_channels"] for name in
+              ("img512-xs", "img512-s", "img512-m", "img512-l", "img512-xl", "img512-xxl",
+               "img64-s", "img64-m", "img64-l", "img64-xl")}
 
 
 @dataclass(frozen=True)
