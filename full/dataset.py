@@ -37,7 +37,7 @@ from PIL import Image
 from full.options import positive_int, power_of_two
 from full.cli import ArgumentParser, USER_ERRORS, report_error
 from full.store.atomic import output_folder
-from full.store.dataset_zip import MAX_SIDE, DatasetError, ImageZipDataset, write_dataset
+from full.store.dataset_zip import MAX_SIDE, DatasetError, ImageZipDataset, edm_side, write_dataset
 
 
 # ---------------------------------------------------------------------------------------- converters
@@ -103,7 +103,7 @@ def from_image_folder(folder: str, resolution: int | None = None) -> Iterator[np
                 image = Image.open(file)  # lazy: the size is known before any pixel is decoded
             with image:
                 size = image.size
-                if resolution is None and (size[0] > MAX_SIDE or size[0] & (size[0] - 1)):
+                if resolution is None and not edm_side(size[0]):
                     raise DatasetError(f"{file} is {size[0]}x{size[1]}; EDM datasets hold power-of-two sides up to "
                                        f"{MAX_SIDE}, so pass --resolution")
                 if size[0] != size[1]:
@@ -130,8 +130,7 @@ def convert(source: str, dest: str, resolution: int | None = None) -> ImageZipDa
     kind, _, location = source.partition(":")
     if kind not in ("mnist5k", "cifar10", "folder") or (kind != "mnist5k" and not location):
         raise DatasetError(f"unknown --source {source!r}; use mnist5k, cifar10:TARBALL or folder:DIR")
-    if resolution is not None and (resolution < 1 or resolution & (resolution - 1) or resolution > MAX_SIDE):
-        raise DatasetError(f"--resolution {resolution} is not a power of two between 1 and {MAX_SIDE}")
+    _check_resolution(resolution)
     _check_dest(dest)
     labels = None
     if kind == "mnist5k":
@@ -196,8 +195,7 @@ def convert_latent(source: str, dest: str, vae, resolution: int | None = None, b
     images at a time and written atomically (`full.store.latent.VAEEncoder.encode_pixels`)."""
     from full.store.dataset_zip import write_latent_dataset
     from full.store.latent import encoder_for, stability_vae_record
-    if resolution is not None and (resolution < 1 or resolution & (resolution - 1) or resolution > MAX_SIDE):
-        raise DatasetError(f"--resolution {resolution} is not a power of two between 1 and {MAX_SIDE}")
+    _check_resolution(resolution)
     _check_dest(dest)
     batches, labels = _pixel_batches(source, resolution, batch)
     name = vae if isinstance(vae, str) else "AutoencoderKL"
@@ -208,6 +206,12 @@ def convert_latent(source: str, dest: str, vae, resolution: int | None = None, b
             yield from encoder.encode_pixels(images).cpu().numpy()
     write_latent_dataset(dest, latents(), labels)
     return ImageZipDataset(dest)
+
+
+def _check_resolution(resolution: int | None) -> None:
+    """--resolution, if given, must be a side EDM datasets hold."""
+    if resolution is not None and not edm_side(resolution):
+        raise DatasetError(f"--resolution {resolution} is not a power of two between 1 and {MAX_SIDE}")
 
 
 def _check_dest(dest: str) -> None:

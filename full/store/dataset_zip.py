@@ -38,6 +38,11 @@ MAX_SIDE = 4096                      # largest image side we read or write (pixe
 MAX_CHANNELS = 64                    # largest channel count of an .npy array
 MAX_CLASSES = 100_000                # largest class index + 1 in dataset.json
 MAX_LABEL_TABLE_BYTES = 1 << 30      # largest dataset.json we parse
+
+
+def edm_side(n: int) -> bool:
+    """Whether EDM datasets hold images (or latents) of side `n`: a power of two from 1 to MAX_SIDE."""
+    return 1 <= n <= MAX_SIDE and not n & (n - 1)
 DEFAULT_MAX_DECODED_BYTES = 1 << 31  # `all_images` refuses datasets larger than this once decoded
 _PNG_COLOUR_TYPES = {0: 1, 2: 3}     # IHDR colour type -> channels: gray (L) and RGB, 8 bits each
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -68,7 +73,7 @@ def _check_image(image: np.ndarray, i: int, first: tuple | None) -> np.ndarray:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3):
         raise DatasetError(f"image {i} is {image.dtype} {image.shape}; images must be uint8 HxWx1 or HxWx3")
     h, w, _ = image.shape
-    if h != w or h & (h - 1) or not 1 <= h <= MAX_SIDE:
+    if h != w or not edm_side(h):
         raise DatasetError(f"image {i} is {w}x{h}; EDM datasets hold square images with a power-of-two side up "
                            f"to {MAX_SIDE} (resize with --resolution when converting)")
     if first is not None and image.shape != first:
@@ -136,7 +141,7 @@ def write_latent_dataset(path: str | os.PathLike, arrays: Iterable[np.ndarray],
         for i, array in enumerate(arrays):
             array = np.ascontiguousarray(array, dtype=np.float32)
             side = array.shape[-1] if array.ndim == 3 else 0
-            square = array.ndim == 3 and array.shape[1] == side and not side & (side - 1)
+            square = array.ndim == 3 and array.shape[1] == side and edm_side(side)
             if not square or not 1 <= array.shape[0] <= MAX_CHANNELS:
                 raise DatasetError(f"latent {i} has shape {array.shape}; latent datasets hold [C, H, W] arrays, "
                                    f"square with a power-of-two side and at most {MAX_CHANNELS} channels")
@@ -347,7 +352,7 @@ class ImageZipDataset(torch.utils.data.Dataset):
         if isinstance(header, str):
             raise DatasetError(f"{self._name(name)} {header}")
         width, height, channels = header
-        if width != height or width & (width - 1) or not 1 <= width <= MAX_SIDE:
+        if width != height or not edm_side(width):
             raise DatasetError(f"{self._name(name)} is {width}x{height}; EDM datasets hold square images with a "
                                f"power-of-two side up to {MAX_SIDE} (convert them with --resolution)")
         if not 1 <= channels <= MAX_CHANNELS:
