@@ -111,15 +111,13 @@ class ImageSet:
 
 def _load_npz_images(location: str) -> np.ndarray:
     """The ``images`` array of an .npz, its header checked (uint8 NHWC, 1 or 3 channels) before it is read."""
-    from full.store.dataset_zip import MAX_SIDE
+    from full.store.dataset_zip import MAX_SIDE, read_npy_header
     try:
         with zipfile.ZipFile(location) as zf:
             if "images.npy" not in zf.namelist():
                 raise MetricsError(f"--images {location} has no 'images' array")
             with zf.open("images.npy") as f:
-                major, _ = np.lib.format.read_magic(f)
-                read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-                shape, _, dtype = read(f)
+                shape, _, dtype = read_npy_header(f)
         if dtype != np.uint8 or len(shape) != 4 or shape[3] not in (1, 3) or max(shape[1:3]) > MAX_SIDE:
             raise MetricsError(f"--images {location}: 'images' must be uint8 NHWC with 1 or 3 channels and at most "
                                f"{MAX_SIDE} pixels a side, got {dtype} {tuple(shape)}")

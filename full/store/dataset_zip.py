@@ -483,14 +483,19 @@ def png_header(data: bytes) -> tuple[int, int, int] | str:
     return width, height, _PNG_COLOUR_TYPES[colour]
 
 
+def read_npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) from the .npy header at `f`'s position, version 1 or 2; nothing else read.
+    numpy raises ValueError (or EOFError) for a broken header."""
+    major, _ = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    return read(f)
+
+
 def npy_header(data: bytes) -> tuple[int, int, int] | str:
     """(width, height, channels) of an .npy array [..., H, W] from its header at the start of `data` (EDM2
     flattens the leading axes into channels), or why it is not usable."""
-    f = io.BytesIO(data)
     try:
-        major, _ = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read(f)
+        shape, _, dtype = read_npy_header(io.BytesIO(data))
     except (ValueError, EOFError, OSError) as error:  # numpy's errors for broken headers
         return f"is not an .npy array ({error})"
     if dtype.kind not in "fui" or dtype.hasobject or len(shape) < 2:
