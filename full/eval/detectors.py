@@ -53,6 +53,14 @@ class FeatureNet:
         return self.net(self._prepare(images), no_output_bias=True).double().cpu()
 
 
+def load_torchscript(path, device) -> torch.jit.ScriptModule:
+    """A TorchScript network in eval mode (torch.jit's deprecation warning silenced: the published detectors are
+    TorchScript); torch raises RuntimeError, ValueError or AttributeError for other files."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location=device).eval()
+
+
 def load_detector(location: str | os.PathLike, device: str | torch.device = "cpu", *,
                   what: str = "--detector") -> FeatureNet:
     """A TorchScript Inception-style detector (.pt), or our NAME.safetensors + NAME.json feature net; a path or
@@ -70,9 +78,7 @@ def load_detector(location: str | os.PathLike, device: str | torch.device = "cpu
         net = load_classifier(found.path, found.weights).to(device)
         return FeatureNet(net, net.channels, True, name, device)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # the published detector is TorchScript
-            net = torch.jit.load(str(found.path), map_location=device).eval()
+        net = load_torchscript(found.path, device)
         arguments = {a.name for a in net.forward.schema.arguments}
     except (RuntimeError, ValueError, AttributeError) as error:
         raise MetricsError(f"{what} {location} is not a TorchScript detector ({str(error).splitlines()[0]})") from None
@@ -120,9 +126,7 @@ def load_dinov2(location: str | os.PathLike, device: str | torch.device = "cpu",
                            f"{DINOV2_EXPORT}")
     found = locate(location, what, kinds=(TORCHSCRIPT,))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            net = torch.jit.load(str(found.path), map_location=device).eval()
+        net = load_torchscript(found.path, device)
     except (RuntimeError, ValueError, AttributeError) as error:
         raise MetricsError(f"{what} {location} is not a TorchScript file ({str(error).splitlines()[0]}); export "
                            f"the DINOv2 ViT-L/14 as TorchScript: {DINOV2_EXPORT}") from None
