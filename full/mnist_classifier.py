@@ -119,10 +119,9 @@ def train(images: torch.Tensor, labels: torch.Tensor, epochs: int = 20, batch: i
 def save_classifier(net: MnistClassifier, out: str, split: dict, provenance: dict) -> str:
     """Write OUT.safetensors then OUT.json atomically (a shared weights_id ties the pair); return the stem."""
     from full.store.pair import write_pair
-    stem = out.removesuffix(".safetensors").removesuffix(".json")
     meta = {"version": VERSION, "architecture": "MnistClassifier", "kwargs": net.kwargs, "split": split,
             "provenance": provenance}
-    return write_pair(stem, net.state_dict(), meta, FORMAT)
+    return write_pair(out, net.state_dict(), meta, FORMAT)
 
 
 # Limits on the constructor arguments a classifier file may give (checked before anything is built).
@@ -164,8 +163,7 @@ def load_classifier(location: str | os.PathLike, weights_path: str | os.PathLike
     kwargs = _check_meta(meta, meta_path)
     with torch.device("meta"):
         net = MnistClassifier(**kwargs)
-    entries = {k: (e.dtype, e.shape) for k, e in header.entries.items()}
-    materialize(net, entries, lambda: read_tensors(header, ClassifierError), header.file_bytes,
+    materialize(net, header.entries, lambda: read_tensors(header, ClassifierError), header.file_bytes,
                 f"{weights_path} does not match MnistClassifier({kwargs})", error=ClassifierError)
     return net.eval().requires_grad_(False)
 

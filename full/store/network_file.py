@@ -92,7 +92,7 @@ def _read_ours(json_path: str | os.PathLike, weights_path: str | os.PathLike) ->
     provenance = meta.get("provenance", {})
     if not isinstance(provenance, dict):
         raise CheckpointError(f"{source}: provenance is {shown(provenance)}; expected an object")
-    return NetworkSpec(precond, kwargs, {k: (e.dtype, e.shape) for k, e in header.entries.items()},
+    return NetworkSpec(precond, kwargs, header.entries,
                        lambda: read_tensors(header), provenance, check_encoder(meta.get("encoder"), source, "encoder"),
                        source=source, file_bytes=header.file_bytes, kwargs_field="precond_kwargs")
 
@@ -124,9 +124,6 @@ def load_network(location: str | os.PathLike, device: str | torch.device = "cpu"
 def save_network(net: torch.nn.Module, path: str | os.PathLike, provenance: dict | None = None) -> str:
     """Write ``STEM.safetensors`` then ``STEM.json`` atomically; return the stem. ``net`` must come from
     `build_network` or `load_network` (it carries ``precond_name`` and ``init_kwargs``)."""
-    stem = os.fspath(path)
-    for suffix in (".safetensors", ".json"):
-        stem = stem.removesuffix(suffix)
     precond, kwargs = getattr(net, "precond_name", None), getattr(net, "init_kwargs", None)
     if precond is None or kwargs is None:
         raise CheckpointError("the network has no recorded constructor arguments; create it with "
@@ -139,7 +136,7 @@ def save_network(net: torch.nn.Module, path: str | os.PathLike, provenance: dict
         "provenance": {**getattr(net, "provenance", {}), **(provenance or {}),
                        "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
     }
-    return write_pair(stem, net.state_dict(), meta, FORMAT)
+    return write_pair(path, net.state_dict(), meta, FORMAT)
 
 
 def inspect_network(location: str | os.PathLike, what: str = "network") -> dict:

@@ -20,6 +20,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -39,9 +40,8 @@ DTYPES = {
 }
 
 
-@dataclass(frozen=True)
-class TensorEntry:
-    """dtype and shape of one tensor, known before its data is read."""
+class TensorEntry(NamedTuple):
+    """dtype and shape of one tensor, known before its data is read (a pair, as `materialize` takes it)."""
 
     dtype: torch.dtype
     shape: tuple[int, ...]
@@ -166,12 +166,13 @@ def read_pair(json_path: str | os.PathLike, weights_path: str | os.PathLike, for
 
 
 def write_pair(stem: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict, format: str) -> str:
-    """Write ``STEM.safetensors`` then ``STEM.json`` atomically, tied by a fresh ``weights_id``; return the stem.
+    """Write ``STEM.safetensors`` then ``STEM.json`` atomically, tied by a fresh ``weights_id``; return the stem
+    (`stem` may end in either suffix).
 
     ``meta`` is the JSON description without ``format`` and ``weights_id``, which are added here.
     """
     import safetensors.torch
-    stem = os.fspath(stem)
+    stem = os.fspath(stem).removesuffix(".safetensors").removesuffix(".json")
     Path(stem).parent.mkdir(parents=True, exist_ok=True)
     weights_id = uuid.uuid4().hex
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
