@@ -52,15 +52,21 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def set_dropout(net: torch.nn.Module, p: float) -> None:
-    """Set the dropout probability of every block (EDM's and EDM2's blocks keep it as a float `dropout`
-    attribute used with F.dropout; torch's Dropout modules as `p`), as the official code builds G and f_psi
-    with the preset's dropout."""
+def dropout_slots(net: torch.nn.Module):
+    """(module, attribute) of every dropout probability in `net`: EDM's and EDM2's blocks keep it as a float
+    `dropout` attribute used with F.dropout, torch's Dropout modules as `p`."""
     for module in net.modules():
         if isinstance(module, torch.nn.Dropout):
-            module.p = p
+            yield module, "p"
         elif isinstance(getattr(module, "dropout", None), float | int) and not isinstance(module.dropout, bool):
-            module.dropout = p
+            yield module, "dropout"
+
+
+def set_dropout(net: torch.nn.Module, p: float) -> None:
+    """Set every dropout probability of `net` to `p`, as the official code builds G and f_psi with the preset's
+    dropout."""
+    for module, attribute in dropout_slots(net):
+        setattr(module, attribute, p)
 
 
 def has_logvar_head(net: torch.nn.Module) -> bool:
@@ -69,14 +75,8 @@ def has_logvar_head(net: torch.nn.Module) -> bool:
 
 
 def dropout_of(net: torch.nn.Module) -> set[float]:
-    """The dropout probabilities found in `net` (see `set_dropout`)."""
-    found = set()
-    for module in net.modules():
-        if isinstance(module, torch.nn.Dropout):
-            found.add(module.p)
-        elif isinstance(getattr(module, "dropout", None), float | int) and not isinstance(module.dropout, bool):
-            found.add(float(module.dropout))
-    return found
+    """The dropout probabilities found in `net`."""
+    return {float(getattr(module, attribute)) for module, attribute in dropout_slots(net)}
 
 
 @dataclass
