@@ -407,7 +407,7 @@ class Run:
         if self.trainer.iteration == 0 and main:
             self.save_grid()
             self.save_snapshot()
-        seconds, signals = self.seconds, self.signals
+        seconds, signals, saved = self.seconds, self.signals, None
         loop = training_loop(self.trainer, self.total_iterations, self.tick_iterations,
                              should_stop=lambda: self.stop_agreed(signals), nan_patience=config.nan_patience,
                              seconds=self.seconds)
@@ -425,11 +425,13 @@ class Run:
                     self.save_snapshot()
                 if final or record.tick % config.state_every == 0:
                     self.save_state(record.seconds)
+                    saved = record.iteration
                 if main:
                     self.directory.append_log(record)
             yield record
         if signals.signum is not None and self.trainer.iteration < self.total_iterations:
-            self.save_state(seconds)
+            if saved != self.trainer.iteration:  # a state of this very iteration is not written twice
+                self.save_state(seconds)
             raise Stopped(signals.signum, self.trainer.nimg / 1000)
 
 

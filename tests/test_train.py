@@ -127,6 +127,26 @@ def test_two_ranks_match_one_rank_with_accumulation(teacher_file, tmp_path):
     assert any(not torch.equal(a[k], load_network(teacher_file).state_dict()[k]) for k in a)
 
 
+def test_a_stop_right_after_a_saved_state_does_not_write_it_again(teacher_file, tmp_path, monkeypatch):
+    """A preemption's grace period is short: a stop requested at a tick that has just saved the state (a large
+    file at full scale) exits without writing the same state again."""
+    from full.method.presets import resolve
+    from full.method.records import Tick
+    from full.train import Run, RunDirectory, Stopped
+    config = resolve(None, {"teacher": teacher_file, "batch": 4, "batch_gpu": 2, "dropout": 0.0, "tick": 0.008,
+                            "state_every": 1, "grid": 4, "device": "cpu", "duration": 0.08})
+    run = Run(config, str(tmp_path / "run"))
+    written = []
+    save = RunDirectory.save_state
+    monkeypatch.setattr(RunDirectory, "save_state", lambda self, state, tag, keep: written.append(
+        (tag, state["iteration"])) or save(self, state, tag, keep))
+    with pytest.raises(Stopped):
+        for record in run:
+            if isinstance(record, Tick):
+                run.signals.signum = signal.SIGTERM
+    assert written == [("000000.008", 2)] and states(tmp_path / "run") == ["training-state-000000.008.pt"]
+
+
 def test_crash_while_writing_a_state_keeps_the_previous_one(tmp_path, monkeypatch):
     from full.train import RunDirectory
     directory = RunDirectory(str(tmp_path))
