@@ -9,3 +9,15 @@ def run_main(main, capsys, *argv):
         code = exit.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def assert_one_line_error(result, *needles):
+    """`run_main`'s result is a user error: exit status 2, one "error: " line on stderr holding every needle,
+    nothing on stdout, no traceback."""
+    code, out, err = result
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err and out == ""
+    for needle in needles:
+        assert needle in lines[0], lines[0]

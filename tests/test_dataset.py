@@ -18,7 +18,7 @@ from PIL import Image
 
 from full import dataset as dataset_cli
 from full.store.dataset_zip import DatasetError, ImageZipDataset, image_name, label_sampler, write_dataset
-from in_process import run_main
+from in_process import assert_one_line_error, run_main
 
 
 def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
@@ -310,15 +310,6 @@ def cli(capsys, *argv):
     """`full.dataset.main` in this process (argparse's exit included): (exit status, stdout, stderr)."""
     return run_main(dataset_cli.main, capsys, *argv)
 
-
-def assert_one_line_error(result, *needles):
-    code, out, err = result
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err and out == ""
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("case", ["labels a number", "negative label", "missing file", "30000x30000 png",

@@ -1,5 +1,6 @@
 """full.metrics: Fréchet distance, covariance, Inception Score, precision/recall, stats files, and the CLIs
 end to end with a tiny TorchScript detector that mimics the Inception detector's interface."""
+import functools
 import json
 import statistics
 import subprocess
@@ -18,6 +19,7 @@ from full.store.dataset_zip import write_dataset
 from full.method.presets import SiDConfig
 from full.train_teacher import TeacherConfig, build_teacher
 from in_process import run_main
+from test_dataset import png_header_only
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
 
@@ -169,10 +171,7 @@ def files(tmp_path_factory):
             "npz": str(root / "images.npz"), "net": str(root / "gen.json"), "images": images}
 
 
-def run(capsys, *argv):
-    code = metrics.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+run = functools.partial(run_main, metrics.main)
 
 
 @pytest.fixture(scope="module")
@@ -267,17 +266,6 @@ def test_module_entry_point(files, ref):
 # ------------------------------------------------------------------------------------------- bad inputs
 
 
-def _png_30000(path):
-    """A PNG header declaring 30000x30000 (the pixels are never decoded)."""
-    import struct
-    import zlib
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
-
-
 def _calc(files, ref, *argv):
     return ["calc", "--ref", ref, "--detector", files["detector"], *argv]
 
@@ -309,7 +297,7 @@ def test_calc_mistakes_are_one_line(files, ref, capsys, argv, needle):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "mixed" / "a.png")
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "mixed" / "b.png")
     (root / "bomb").mkdir(exist_ok=True)
-    _png_30000(root / "bomb" / "a.png")
+    (root / "bomb" / "a.png").write_bytes(png_header_only(30000, 30000))
     argv = [a.format(**files) for a in argv]
     code, out, err = run_main(metrics.main, capsys, *_calc(files, ref, "--num", "10", *argv))
     assert code == 2 and out == "" and "Traceback" not in err

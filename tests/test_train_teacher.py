@@ -13,7 +13,7 @@ from full import train_teacher
 from full.store.dataset_zip import ImageZipDataset, write_dataset
 from full.store.network_file import load_network
 from full.train_teacher import TeacherConfig, TeacherTraining, build_teacher
-from in_process import run_main
+from in_process import assert_one_line_error, run_main
 from test_edm_pickle import Evil
 
 TINY = ["--model-channels", "8", "--channel-mult", "1,2", "--batch", "16", "--threads", "2", "--warmup-kimg", "0.1"]
@@ -31,14 +31,6 @@ def data(tmp_path_factory):
 
 def cli(capsys, *argv):
     return run_main(train_teacher.main, capsys, *argv)
-
-
-def assert_one_line(code, out, err, *needles):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def snapshot(folder) -> dict:
@@ -114,7 +106,7 @@ PARSE_MISTAKES = [
 def test_option_mistakes_stop_at_parse_time(data, tmp_path, capsys, argv, needle):
     outdir = tmp_path / "run"
     code, out, err = cli(capsys, "--data", data["labelled"], "--outdir", outdir, *argv)
-    assert_one_line(code, out, err, needle, "(see python -m full.train_teacher --help)")
+    assert_one_line_error((code, out, err), needle, "(see python -m full.train_teacher --help)")
     what_works = {"--kimg": "finite number" if argv[1] in ("nan", "inf") else "> 0", "--arch": "ddpmpp, ncsnpp, adm"}
     assert what_works.get(argv[0], "must be") in err
     assert not outdir.exists()
@@ -138,13 +130,13 @@ def test_checked_mistakes_write_nothing(data, tmp_path, capsys, argv, needle):
     root = os.path.dirname(data["plain"])
     outdir = tmp_path / "run"
     argv = [a.format(root=root, **data) for a in argv]
-    assert_one_line(*cli(capsys, "--data", data["labelled"], "--outdir", outdir, *argv), needle.format(root=root))
+    assert_one_line_error(cli(capsys, "--data", data["labelled"], "--outdir", outdir, *argv), needle.format(root=root))
     assert not outdir.exists()
 
 
 def test_not_a_zip_is_one_line(tmp_path, capsys):
     (tmp_path / "fake.zip").write_bytes(b"PK but not really a zip")
-    assert_one_line(*cli(capsys, "--data", tmp_path / "fake.zip", "--outdir", tmp_path / "run"), "is not a zip file")
+    assert_one_line_error(cli(capsys, "--data", tmp_path / "fake.zip", "--outdir", tmp_path / "run"), "is not a zip file")
     assert not (tmp_path / "run").exists()
 
 
@@ -204,7 +196,7 @@ def test_foreign_training_state_is_one_line_and_kept(data, real_state, tmp_path,
     write, needle = FOREIGN[case]
     write(state, raw, outdir / "training-state.pt")
     before = snapshot(outdir)
-    assert_one_line(*cli(capsys, "--data", data["plain"], "--outdir", outdir, "--model-channels", "8",
+    assert_one_line_error(cli(capsys, "--data", data["plain"], "--outdir", outdir, "--model-channels", "8",
                          "--channel-mult", "1,2", "--batch", "8", "--kimg", "0.032"), needle, "training-state.pt")
     assert snapshot(outdir) == before
 
