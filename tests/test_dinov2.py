@@ -12,6 +12,7 @@ from full import metrics
 from full.eval import fid
 from full.eval.detectors import DINOV2_MEAN, DINOV2_STD, MetricsError, dinov2_preprocess, load_dinov2
 from full.store.dataset_zip import write_dataset
+from test_edm2_path import PoolDetector
 from test_edm_pickle import Evil
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
@@ -49,17 +50,12 @@ class TinyDINO(torch.nn.Module):
         return torch.tanh(self.proj(torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)))
 
 
-class TinyInception(torch.nn.Module):
-    def forward(self, images: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        return torch.nn.functional.adaptive_avg_pool2d(images.float() / 255, 2).flatten(1)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("dino")
     torch.manual_seed(0)
     torch.jit.save(torch.jit.script(TinyDINO().eval()), str(root / "dino.pt"))
-    torch.jit.save(torch.jit.script(TinyInception().eval()), str(root / "inception.pt"))
+    torch.jit.save(torch.jit.script(PoolDetector().eval()), str(root / "inception.pt"))
     rng = np.random.default_rng(0)
     images = (rng.uniform(size=(40, 8, 8, 3)) ** 2 * 255).astype(np.uint8)
     write_dataset(root / "data.zip", images)

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_edm2_networks import randomize_gains
 from test_edm_pickle import (EasyDictPayload, Evil, Persistent, edm_pickle_bytes, short_string, unframe,
                              write_edm_pickle)
 
@@ -38,12 +39,7 @@ def init_kwargs(space):
 
 def tiny_edm2(space, seed=0):
     torch.manual_seed(seed)
-    net = EDM2Precond(**init_kwargs(space)).eval()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith("gain"):  # 0 at initialisation, which would hide most of the network
-                p.fill_(0.7)
-    return net
+    return randomize_gains(EDM2Precond(**init_kwargs(space)).eval())
 
 
 def encoder(space):
