@@ -93,10 +93,9 @@ def fid_points(ticks: list[Tick]) -> tuple[list[float], list[float]]:
 
 
 st.title("Full-scale runs")
-runs = find_runs()
 if "runs_pending_select" in state:  # a run the short distillation just wrote: select it before the widget exists
     state["runs_run"] = state.pop("runs_pending_select")
-    runs = find_runs()
+runs = find_runs()
 
 # --------------------------------------------------------------------------- one run
 st.header("A run: its losses and samples over training")
