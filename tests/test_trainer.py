@@ -98,12 +98,13 @@ def capture_gradients(t, monkeypatch):
 
 
 def poison(t, phase, bad):
-    """Make sample `bad` of every chunk's latents NaN (x_g is then NaN for that sample only)."""
+    """Make sample(s) `bad` of every chunk's latents NaN in `phase` (None: both steps); x_g is then NaN for those
+    samples only."""
     draw = t.draw
 
     def poisoned(phase_, rng):
         d = draw(phase_, rng)
-        if phase_ == phase:
+        if phase in (None, phase_):
             d.z[bad] = float("nan")
         return d
     t.draw = poisoned
@@ -149,13 +150,7 @@ def test_non_finite_gradients_are_counted_and_repaired():
 
 def test_a_run_whose_samples_are_all_non_finite_stops_with_a_clear_error():
     t = trainer()
-    draw = t.draw
-
-    def all_nan(phase, rng):
-        d = draw(phase, rng)
-        d.z[:] = float("nan")
-        return d
-    t.draw = all_nan
+    poison(t, None, slice(None))
     records = []
     with pytest.raises(Diverged, match="non-finite for 3 consecutive iterations.*--nan-patience 3"):
         for record in training_loop(t, total_iterations=20, tick_iterations=5, nan_patience=3):
@@ -163,23 +158,17 @@ def test_a_run_whose_samples_are_all_non_finite_stops_with_a_clear_error():
     assert [r.iteration for r in records if isinstance(r, Progress)] == [1, 2]
 
 
-
 def _iteration_on_two_ranks(rank, init_file, out_file):
     """One iteration on rank `rank` of two (gloo); rank 1's samples are all non-finite in both steps."""
     import json
     import torch.distributed as dist
+    torch.set_num_threads(1)  # two processes share the cores
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         t = SiDTrainer(SiDConfig(batch=4, batch_gpu=2, dropout=0.0), tiny_teacher(),
                        distributed.Ranks(rank, 2, torch.device("cpu")))
         if rank == 1:
-            draw = t.draw
-
-            def all_nan(phase, rng):
-                d = draw(phase, rng)
-                d.z[:] = float("nan")
-                return d
-            t.draw = all_nan
+            poison(t, None, slice(None))
         stats = t.iteration_step()
         if rank == 0:
             with open(out_file, "w") as f:
